@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 PROFILE ?= mini
 STAMP := $(VENV)/.installed
 
-.PHONY: env test models data smoke check-resume reproduce-table2 lab clean-reports
+.PHONY: env test models data data-card smoke check-resume reproduce-table2 report lab
 
 env: $(STAMP)
 
@@ -28,3 +28,29 @@ models: env
 
 lab: env
 	$(VENV)/bin/jupyter lab notebooks/
+
+# The embedded data set: fetched with apt-get download / npm pack into data/cache, built into data/$(PROFILE).
+data: env
+	$(PY) -m tinyclip data build --profile $(PROFILE)
+
+data-card: env
+	$(PY) -m tinyclip data card --profile $(PROFILE)
+
+# Table 2 (DESIGN.md §7): published reference, paper-scale architectures, mini-scale analogue.
+reproduce-table2: env
+	$(PY) -m tinyclip report table2 --profile $(PROFILE)
+
+# Any notebook: make report NB=table2 [PROFILE=smoke]
+report: env
+	$(PY) -m tinyclip report $(NB) --profile $(PROFILE)
+
+# OMP_WAIT_POLICY=PASSIVE: with torch's default spin-waiting, 2 threads on 2 shared cores slowed a smoke step 4-9x.
+export OMP_WAIT_POLICY ?= PASSIVE
+
+# The smoke profile end to end (data, teacher, 2-stage manual chain, eval); last line JSON.
+smoke: env
+	$(PY) -m tinyclip smoke
+
+# One uninterrupted smoke run vs one killed with SIGKILL and resumed; last line JSON with max_abs_diff.
+check-resume: env
+	$(PY) scripts/check_resume.py

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 import tinyclip  # noqa: F401  (registers the model configs)
 from tinyclip.errors import TinyCLIPError
 from tinyclip.inherit.auto import (
+    official_split_chain,
     LOG_ALPHA_MAX,
     LOG_ALPHA_MIN,
     AutoInheritSpec,
@@ -164,54 +165,27 @@ def test_expected_params_equal_pruned_count(smoke):
 
 
 # -- issue 5 section 4: ViT-B/32 students of the auto chain ---------------------------------------------------
-# Allocation rule standing in for the learned masks (the split between the towers is what the official masks
-# learned, research/official_impl.md section 4): each tower keeps its released share of its own original size
-# (vision / text: 72% / 81% after stage 1, 51% / 47% after stage 2, 25% / 26% after stage 3); inside a tower
-# one keep ratio r applies to the hidden channels and to the heads and FFN neurons of every layer (the
-# first round(r * n) of each), r chosen by bisection so the tower's count comes closest to its share. Each
-# stage prunes the previous stage's architecture (the chain), measured against the original ViT-B/32.
-STAGES = [(0.25, 0.72, 0.81, 94e6), (0.50, 0.51, 0.47, 63e6), (0.75, 0.25, 0.26, 32e6)]
-
-
-def _uniform_gates(masks: TowerMasks, ratio: float):
-    flat = torch.zeros(masks.numel)
-    for kind, _, view in masks.views(flat):
-        keep = len(view) if kind.endswith("_layer") else max(1, round(ratio * len(view)))
-        view[:keep] = 1.0
-    return masks.gates(flat)
-
-
-def _allocate(cfg, embed_dim, target):
-    masks = TowerMasks(cfg)
-    lo, hi = 0.0, 1.0
-    for _ in range(16):  # r resolution 1.5e-5, finer than one hidden channel in 768
-        mid = (lo + hi) / 2
-        if expected_tower_params(cfg, embed_dim, _uniform_gates(masks, mid)).item() <= target:
-            lo = mid
-        else:
-            hi = mid
-    candidates = [_uniform_gates(masks, r) for r in (lo, hi)]
-    return min(candidates, key=lambda g: abs(expected_tower_params(cfg, embed_dim, g).item() - target))
+# Allocation rule standing in for the learned masks (tinyclip.inherit.auto.official_split_chain): each tower keeps
+# its released share of its own original size (vision / text: 72% / 81% after stage 1, 51% / 47% after stage 2,
+# 25% / 26% after stage 3, research/official_impl.md section 4); inside a tower one keep ratio applies to the
+# hidden channels and to the heads and FFN neurons of every layer, chosen by bisection. Each stage prunes the
+# previous stage's architecture, measured against the original ViT-B/32.
+PAPER_TOTALS = {0.25: 94e6, 0.50: 63e6, 0.75: 32e6}
 
 
 def test_vit_b32_chain_sizes_match_the_paper():
     with torch.device("meta"):
         teacher = open_clip.CLIP(**open_clip.get_model_config("ViT-B-32"))
-    config = to_pruned(teacher).config
-    original = config_param_counts(config)
-    assert original["total"] == config.reference_params == 125_980_416
-    for sparsity, vision_share, text_share, paper_total in STAGES:
-        gates = {
-            "vision": _allocate(config.vision, config.embed_dim, vision_share * original["vision"]),
-            "text": _allocate(config.text, config.embed_dim, text_share * original["text"]),
-        }
-        formula = {t: expected_tower_params(config.towers()[t], config.embed_dim, g).item() for t, g in gates.items()}
-        config, _ = prune_plan(config, gates)
+    assert config_param_counts(to_pruned(teacher).config)["total"] == 125_980_416
+    chain = official_split_chain(teacher)
+    assert [s for s, _ in chain] == [0.25, 0.50, 0.75]
+    for sparsity, config in chain:
+        assert config.reference_params == 125_980_416
+        formula = config_param_counts(config)
         with torch.device("meta"):
-            student = PrunedCLIP(config)
-        real = param_counts(student)
-        assert formula == {"vision": real["vision"], "text": real["text"]}
-        assert abs(real["total"] - paper_total) <= 0.03 * paper_total
+            real = param_counts(PrunedCLIP(config))
+        assert formula["vision"] == real["vision"] and formula["text"] == real["text"]
+        assert abs(real["total"] - PAPER_TOTALS[sparsity]) <= 0.03 * PAPER_TOTALS[sparsity]
         achieved = 1 - real["total"] / config.reference_params
         assert abs(achieved - sparsity) <= 0.02
         assert len(config.vision.heads) == 12 and len(config.text.heads) == 12  # depth index kept

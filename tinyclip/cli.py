@@ -15,6 +15,7 @@ from .errors import TinyCLIPError
 _COMMAND_MODULES = [
     "tinyclip.zoo",             # tinyclip models
     "tinyclip.inherit.manual",  # tinyclip inherit
+    "tinyclip.report",          # tinyclip report
     "tinyclip.data",            # tinyclip data build|card
     "tinyclip.eval",            # tinyclip eval
     "tinyclip.train",           # tinyclip train-teacher | distill | smoke

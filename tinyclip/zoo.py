@@ -26,6 +26,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from .errors import TinyCLIPError
+from .pruned import param_counts
 
 # --------------------------------------------------------------------------------------------------------------
 # Published reference values. Every entry names its source (research/paper_sources.md §3): "zoo" = the official
@@ -103,17 +104,11 @@ def build_shape_model(name_or_cfg: str | dict[str, Any]) -> open_clip.CLIP:
 # ----------------------------------------------------------------------------------------------- parameters
 def count_params(model: nn.Module) -> dict[str, int]:
     """Parameters under the paper's convention: ``vision`` = the whole visual tower, ``text`` = the text tower
-    without its token embedding, ``token_embedding`` reported apart. The logit scale (one scalar) is in neither."""
-    visual = getattr(model, "visual", None)
-    if visual is None:
+    without its token embedding, ``total`` = their sum, ``token_embedding`` reported apart. The logit scale (one
+    scalar) is in neither. Works for open_clip ``CLIP`` and for pruned students (:mod:`tinyclip.pruned`)."""
+    if getattr(model, "visual", None) is None:
         raise TinyCLIPError(f"{type(model).__name__} has no .visual tower; expected an open_clip-style CLIP")
-    vision = sum(p.numel() for p in visual.parameters())
-    token = model.token_embedding.weight.numel()
-    skip = {id(p) for p in visual.parameters()} | {id(model.token_embedding.weight), id(model.logit_scale)}
-    if getattr(model, "logit_bias", None) is not None:
-        skip.add(id(model.logit_bias))
-    text = sum(p.numel() for p in model.parameters() if id(p) not in skip)
-    return {"vision": vision, "text": text, "token_embedding": token}
+    return param_counts(model)
 
 
 # ----------------------------------------------------------------------------------------------- MACs

@@ -69,6 +69,7 @@ from ..pruned import (
     PrunedCLIP,
     PrunedConfig,
     TowerConfig,
+    config_param_counts,
     param_counts,
     params_per_hidden_dim,
     to_pruned,
@@ -726,3 +727,52 @@ class MaskOptimizer:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.descent.load_state_dict(state["descent"])
         self.ascent.load_state_dict(state["ascent"])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# a deterministic stand-in for learned masks: the shapes of the paper's auto chain without training
+
+
+# The vision/text split the official masks learned, as fractions of each tower's original size after each stage
+# of the ViT-B/32 auto chain (research/official_impl.md section 4): stage target sparsity -> (vision, text).
+OFFICIAL_AUTO_SPLIT = {0.25: (0.72, 0.81), 0.50: (0.51, 0.47), 0.75: (0.25, 0.26)}
+
+
+def uniform_gates(masks: TowerMasks, ratio: float) -> TowerGates:
+    """0/1 gates keeping the first ``round(ratio * n)`` hidden channels, heads and FFN neurons of every layer
+    (at least one of each) and every whole layer."""
+    flat = torch.zeros(masks.numel)
+    for kind, _, view in masks.views(flat):
+        keep = len(view) if kind.endswith("_layer") else max(1, round(ratio * len(view)))
+        view[:keep] = 1.0
+    return masks.gates(flat)
+
+
+def allocate_uniform(cfg: TowerConfig, embed_dim: int, target_params: float) -> TowerGates:
+    """The uniform keep ratio whose pruned tower comes closest to ``target_params`` (bisection on the ratio)."""
+    masks = TowerMasks(cfg)
+    lo, hi = 0.0, 1.0
+    for _ in range(16):  # ratio resolution 1.5e-5, finer than one hidden channel in 768
+        mid = (lo + hi) / 2
+        if expected_tower_params(cfg, embed_dim, uniform_gates(masks, mid)).item() <= target_params:
+            lo = mid
+        else:
+            hi = mid
+    candidates = [uniform_gates(masks, r) for r in (lo, hi)]
+    return min(candidates, key=lambda g: abs(expected_tower_params(cfg, embed_dim, g).item() - target_params))
+
+
+def official_split_chain(teacher: nn.Module, split: dict[float, tuple[float, float]] | None = None
+                         ) -> list[tuple[float, PrunedConfig]]:
+    """Architectures of a multi-stage auto chain whose per-tower sizes follow ``split`` (default: the split the
+    official ViT-B/32 masks learned), each stage pruning the previous stage's architecture. Shapes only: use it
+    for parameter and MAC counts of the paper's auto rows, not as a substitute for learned masks."""
+    config = to_pruned(teacher).config
+    original = config_param_counts(config)
+    chain = []
+    for sparsity, (vision_share, text_share) in sorted((split or OFFICIAL_AUTO_SPLIT).items()):
+        gates = {"vision": allocate_uniform(config.vision, config.embed_dim, vision_share * original["vision"]),
+                 "text": allocate_uniform(config.text, config.embed_dim, text_share * original["text"])}
+        config, _ = prune_plan(config, gates)
+        chain.append((sparsity, config))
+    return chain

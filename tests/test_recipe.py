@@ -1,0 +1,133 @@
+"""Tests for tinyclip.recipe: parsing, defaults, validation, resolution and the run identity."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tinyclip.errors import TinyCLIPError
+from tinyclip.recipe import STAGE_DEFAULTS, adamw_hyper, load_recipe, parse_recipe, resolve_recipe
+from tinyclip.runs import config_hash
+
+RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+
+BASE = {
+    "name": "t",
+    "seed": 1,
+    "teacher": {"model": "TinyCLIP-smoke-teacher", "weights": None},
+    "defaults": {"data": {"profile": "smoke"}, "batch": 8, "lr": "1e-3", "warmup": 2},
+    "stages": [{"name": "a", "student": "TinyCLIP-smoke-S75", "steps": 10},
+               {"name": "b", "student": "TinyCLIP-smoke-S50", "init": "previous", "samples": 20}],
+}
+
+
+def recipe(**changes):
+    raw = copy.deepcopy(BASE)
+    raw.update(changes)
+    return parse_recipe(raw)
+
+
+def test_defaults_and_coercion():
+    r = recipe()
+    a, b = r.stages
+    assert a.lr == 1e-3 and isinstance(a.lr, float)          # YAML 1.1 reads 1e-3 as a string
+    assert a.init == "teacher" and b.init == "previous"       # a teacher → inherit from it by default
+    assert b.steps == 3                                       # ceil(20 samples / batch 8)
+    assert a.weight_decay == 0.2 and a.grad_clip == 5.0       # official defaults
+    assert a.logit_scale == {"mode": "fixed", "value": 50.0}
+    assert a.loss["affinity"] == 1.0 and a.loss["contrastive"] == 0.0
+    assert a.inherit == {"depth_rule": "even", "width_rule": "leading"}
+    fraction = recipe(defaults={**BASE["defaults"], "warmup": 0.25})
+    assert fraction.stages[0].warmup_steps == 2               # round(0.25 · 10)
+    assert recipe(teacher="none").stages[0].init == "random"
+    assert STAGE_DEFAULTS["lr"] == 1e-4                       # the module constant is not mutated by merging
+
+
+def test_adamw_betas_follow_the_vision_tower():
+    r = recipe()
+    from tinyclip.recipe import model_cfg_of
+    assert adamw_hyper(r.stages[0], model_cfg_of("TinyCLIP-smoke-S75")) == ((0.9, 0.98), 1e-6)
+    assert adamw_hyper(r.stages[0], model_cfg_of("TinyCLIP-ResNet-19M-Text-19M")) == ((0.9, 0.999), 1e-8)
+    custom = recipe(defaults={**BASE["defaults"], "betas": [0.8, 0.9], "eps": 1e-7})
+    assert adamw_hyper(custom.stages[0], model_cfg_of("TinyCLIP-smoke-S75")) == ((0.8, 0.9), 1e-7)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"stages": [{"name": "a", "student": "TinyCLIP-smoke-S75", "steps": 1, "lrr": 1}]}, "unknown keys"),
+    ({"stages": [{"name": "a", "student": "TinyCLIP-smoke-S75"}]}, "exactly one of steps"),
+    ({"stages": [{"name": "a", "student": "TinyCLIP-smoke-S75", "steps": 1, "init": "previous"}]},
+     "needs a previous stage"),
+    ({"stages": [{"name": "a", "student": "TinyCLIP-smoke-S75", "steps": 1, "lr": -1}]}, "lr must be positive"),
+    ({"stages": [{"name": "a", "student": "TinyCLIP-smoke-S75", "steps": 1, "kind": "auto",
+                  "auto": {"target_sparsity": 1.0}}]}, r"target_sparsity must lie in \[0, 1\)"),
+    ({"stages": [{"name": "a", "student": "TinyCLIP-smoke-S75", "steps": 1, "kind": "auto",
+                  "auto": {"target_sparsity": 0.5, "start_sparsity": -0.1}}]}, "start_sparsity must lie"),
+    ({"stages": [{"name": "a", "student": "TinyCLIP-smoke-S75", "steps": 1, "loss": "nonsense"}]}, "loss"),
+    ({"stages": [{"name": "a", "student": "TinyCLIP-smoke-S75", "steps": 1, "teacher_cache": True}]},
+     "fixed_views > 0"),
+    ({"stages": [{"name": "a", "student": "TinyCLIP-smoke-S75", "steps": 1, "precision": "fp8"}]}, "precision"),
+    ({"teacher": {"model": "ViT-B-32"}}, "say which weights"),
+    ({"stages": []}, "non-empty list"),
+    ({"extra": 1}, "unknown top-level keys"),
+])
+def test_bad_recipes_are_one_line_errors(change, message):
+    with pytest.raises(TinyCLIPError, match=message) as info:
+        recipe(**change)
+    assert "\n" not in str(info.value)
+
+
+def test_resolved_identity(monkeypatch, tmp_path):
+    monkeypatch.setenv("TINYCLIP_DATA_ROOT", str(tmp_path))  # no data fingerprint: identity from the recipe only
+    configs = resolve_recipe(recipe(), device="cpu")
+    a, b = configs
+    assert a["init"] == {"from": "teacher", "inherit": {"depth_rule": "even", "width_rule": "leading"}}
+    assert b["init"]["from"] == "previous" and b["init"]["run"] == config_hash(a)   # chained by run hash
+    assert a["precision"] == "fp32" and a["optim"]["betas"] == [0.9, 0.98] and a["optim"]["eps"] == 1e-6
+    assert a["teacher"]["kind"] == "model" and a["teacher"]["weights"] is None
+    # labels and cadences are not identity; hyper-parameters are
+    relabelled = copy.deepcopy(BASE)
+    relabelled["name"] = "other"
+    relabelled["stages"][0].update(name="renamed", checkpoint_every=3, log_every=2)
+    assert [config_hash(c) for c in resolve_recipe(parse_recipe(relabelled), device="cpu")] == \
+        [config_hash(c) for c in configs]
+    changed = resolve_recipe(recipe(seed=2), device="cpu")
+    assert config_hash(changed[0]) != config_hash(a)
+    # stage b's identity depends on stage a's: changing a's lr changes both hashes
+    slower = copy.deepcopy(BASE)
+    slower["stages"][0]["lr"] = 1e-4
+    c = resolve_recipe(parse_recipe(slower), device="cpu")
+    assert config_hash(c[0]) != config_hash(a) and config_hash(c[1]) != config_hash(b)
+
+
+def test_shipped_recipes_parse():
+    for path in sorted(RECIPES.glob("*.yaml")):
+        r = load_recipe(path)
+        assert r.stages, path
+    manual = load_recipe(RECIPES / "smoke_manual.yaml")
+    assert manual.teacher.kind == "train" and Path(manual.teacher.recipe) == RECIPES / "smoke_teacher.yaml"
+    assert [s.init for s in manual.stages] == ["teacher", "previous"]
+
+
+def test_yaml_errors(tmp_path):
+    with pytest.raises(TinyCLIPError, match="does not exist"):
+        load_recipe(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("stages: [unclosed\n")
+    with pytest.raises(TinyCLIPError, match="not valid YAML"):
+        load_recipe(bad)
+    bad.write_text(yaml.safe_dump(["a list"]))
+    with pytest.raises(TinyCLIPError, match="mapping at the top level"):
+        load_recipe(bad)
+
+
+def test_epochs_count_the_training_shards(monkeypatch, tmp_path):
+    monkeypatch.setenv("TINYCLIP_DATA_ROOT", str(tmp_path))
+    (tmp_path / "smoke" / "train").mkdir(parents=True)
+    (tmp_path / "smoke" / "train" / "sizes.json").write_text('{"a.tar": 300, "b.tar": 212}')
+    r = recipe(stages=[{"name": "a", "student": "TinyCLIP-smoke-S75", "epochs": 2}])
+    assert r.stages[0].steps == 128  # ceil(2 · 512 / batch 8)
+    monkeypatch.setenv("TINYCLIP_DATA_ROOT", str(tmp_path / "empty"))
+    with pytest.raises(TinyCLIPError, match="sizes.json"):
+        recipe(stages=[{"name": "a", "student": "TinyCLIP-smoke-S75", "epochs": 2}])
