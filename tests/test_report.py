@@ -31,3 +31,30 @@ def test_paper_scale_rows_match_published_macs_and_sizes():
                         ("TinyCLIP-auto-ViT-22M-32-Text-10M", 32)]:
         assert abs(rows[name]["params_total_m"] - total) <= 0.03 * total
     assert rows["TinyCLIP-ViT-40M-32-Text-19M"]["macs_ratio_vs_teacher"] > 2
+
+
+def test_mini_rows_reads_finished_runs_by_recipe_hash(tmp_path, monkeypatch):
+    from tinyclip.recipe import load_recipe, resolve_device, resolve_recipe, teacher_recipe
+    from tinyclip.runs import Run
+
+    monkeypatch.setenv("TINYCLIP_RUNS_ROOT", str(tmp_path))
+    assert table2.mini_rows("smoke") is None  # nothing trained yet
+    recipe = load_recipe(table2.RECIPES_DIR / "smoke_manual.yaml")
+    device = resolve_device(recipe.device)
+    parts = [teacher_recipe(recipe), recipe]
+    sizes = iter([400_000, 300_000, 200_000])
+    for part in parts:
+        for config, stage in zip(resolve_recipe(part, device=device, world_size=1), part.stages):
+            run = Run(config)
+            run.dir.mkdir(parents=True)
+            if stage.name == "S50":
+                assert table2.mini_rows("smoke") is None  # the chain is not complete yet
+            total = next(sizes)
+            run.finish({"run": run.hash, "student": stage.student, "samples": 100,
+                        "params": {"vision": total // 2, "text": total // 2, "total": total},
+                        "metrics": {"fmnist": {"acc1": 0.5}, "tux": {"text_retrieval_recall@1": 0.25,
+                                                                     "image_retrieval_recall@1": 0.125}}})
+    rows = table2.mini_rows("smoke")
+    assert [r["row"] for r in rows] == ["teacher", "manual: S75", "manual: S50"]
+    assert rows[2]["size_vs_teacher"] == 0.5 and rows[1]["fmnist_prompted_acc1"] == 50.0
+    assert rows[1]["tux_i2t_r1"] == 25.0 and rows[1]["tux_t2i_r1"] == 12.5

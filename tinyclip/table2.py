@@ -11,6 +11,7 @@ Three parts, side by side in ``notebooks/table2.ipynb``:
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import open_clip
@@ -21,7 +22,11 @@ from . import zoo
 from .inherit.auto import official_split_chain
 from .inherit.manual import inherit_manual
 from .pruned import PrunedCLIP
+from .recipe import load_recipe, resolve_device, resolve_recipe, teacher_recipe
+from .runs import Run, project_root
 from .throughput import throughput_table
+
+RECIPES_DIR = project_root() / "recipes"
 
 UNREPRODUCIBLE = [
     {"model": "TinyCLIP DaViT-5M (from Florence DaViT-D3)",
@@ -106,6 +111,52 @@ def paper_scale_rows(measure_throughput: bool = True, batch_size: int = 32, roun
     return rows
 
 
-def mini_rows(profile: str = "mini") -> list[dict[str, Any]] | None:
-    """Part (c): teacher and students of the finished mini-profile runs, or ``None`` when there are none yet."""
-    return None  # TODO(issue 4): read the finished mini runs
+def recipe_summaries(path: str | Path, seed: int | None = None) -> list[dict[str, Any]] | None:
+    """The FINISHED summaries of a recipe's teacher (if it trains one) and stages, found by their run hashes
+    without training anything; ``None`` while any of them is missing."""
+    recipe = load_recipe(path, seed=seed)
+    device = resolve_device(recipe.device)
+    recipes = ([teacher_recipe(recipe)] if recipe.teacher.kind == "train" else []) + [recipe]
+    summaries = []
+    for part in recipes:
+        for config, stage in zip(resolve_recipe(part, device=device, world_size=1), part.stages):
+            run = Run(config)
+            if not run.is_finished():
+                return None
+            summaries.append({**run.summary(), "recipe": part.name, "stage_name": stage.name,
+                              "init": stage.init, "kind": stage.kind})
+    return summaries
+
+
+def _metric_columns(metrics: dict[str, dict[str, float]]) -> dict[str, float]:
+    out = {}
+    if "fmnist" in metrics:
+        out["fmnist_prompted_acc1"] = 100 * metrics["fmnist"]["acc1"]
+    for task in ("tux", "openmoji"):
+        if task in metrics:
+            out[f"{task}_i2t_r1"] = 100 * metrics[task]["text_retrieval_recall@1"]
+            out[f"{task}_t2i_r1"] = 100 * metrics[task]["image_retrieval_recall@1"]
+    return out
+
+
+def mini_rows(profile: str = "mini", seed: int | None = None) -> list[dict[str, Any]] | None:
+    """Part (c): teacher and students of the profile's finished manual / from-scratch / auto recipes (one row per
+    run, teacher first, each with its size relative to the teacher), or ``None`` when no recipe has finished."""
+    rows: dict[str, dict[str, Any]] = {}
+    for kind in ("manual", "scratch", "auto"):
+        path = RECIPES_DIR / f"{profile}_{kind}.yaml"
+        summaries = recipe_summaries(path, seed) if path.is_file() else None
+        for summary in summaries or []:
+            label = "teacher" if summary["stage_name"] == "teacher" else f"{kind}: {summary['stage_name']}"
+            rows.setdefault(summary["run"], {
+                "row": label, "model": summary["student"], "init": summary["init"],
+                "params_image_m": summary["params"]["vision"] / 1e6, "params_text_m": summary["params"]["text"] / 1e6,
+                "params_total_m": summary["params"]["total"] / 1e6, "samples": summary["samples"],
+                **_metric_columns(summary["metrics"]), "run": summary["run"]})
+    if not rows:
+        return None
+    table = list(rows.values())
+    teacher = next((r for r in table if r["row"] == "teacher"), None)
+    for row in table:
+        row["size_vs_teacher"] = row["params_total_m"] / teacher["params_total_m"] if teacher else None
+    return table
