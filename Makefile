@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 PROFILE ?= mini
 STAMP := $(VENV)/.installed
 
-.PHONY: env test models data data-card smoke check-resume reproduce-table2 report lab
+.PHONY: env test models data data-card smoke smoke-auto check-resume reproduce-table2 report lab
 
 env: $(STAMP)
 
@@ -54,3 +54,7 @@ smoke: env
 # One uninterrupted smoke run vs one killed with SIGKILL and resumed; last line JSON with max_abs_diff.
 check-resume: env
 	$(PY) scripts/check_resume.py
+
+# The smoke profile's automatic chain (teacher, 2 auto stages, export, reload, eval); last line JSON.
+smoke-auto: env
+	$(PY) -m tinyclip smoke --auto

@@ -19,8 +19,15 @@ student (``init: previous``) while the teacher stays the original one. Example (
 A stage's ``init`` is ``teacher`` (manual inheritance from the teacher, paper §3.2), ``previous`` (from the
 previous stage's student), ``random``, or ``{model: NAME, weights: FILE|TAG}`` (inherit from another model, e.g.
 OpenAI RN50 for the official ResNet students). Its budget is ``steps``, ``samples`` or ``epochs`` (one epoch = as
-many samples as the training shards hold); ``kind: auto`` with an ``auto:`` mapping is the hook for automatic
-inheritance (:mod:`tinyclip.inherit.auto`). :data:`STAGE_DEFAULTS` lists every key.
+many samples as the training shards hold). :data:`STAGE_DEFAULTS` lists every key.
+
+``kind: auto`` with an ``auto:`` mapping (:class:`tinyclip.inherit.auto.AutoInheritSpec`) is automatic
+inheritance (paper §3.2): the stage learns masks on its source (``init``) for ``auto.mask_steps`` steps, prunes
+it to a smaller dense student and distils that for the rest of its steps. Its ``student`` names the open_clip
+config the chain descends from (the teacher's: tokenizer, image size); ``init: previous`` continues from the
+previous auto stage's pruned student, and the sparsity is always measured against the original teacher. The
+official schedule warms the weight lr up over the whole mask phase (``warmup`` = ``mask_steps``), e.g.
+recipes/smoke_auto.yaml.
 
 Built-in defaults (:data:`STAGE_DEFAULTS`) are the official code's (research/official_impl.md §4–5): lr 1e-4 with
 linear warm-up + cosine, AdamW weight decay 0.2 on ≥2-D non-norm/bias/logit-scale tensors, betas/eps chosen by
@@ -374,6 +381,9 @@ def _parse_stage(raw: dict[str, Any], index: int, defaults: dict[str, Any], has_
     auto = None
     if kind == "auto":
         auto = _parse_auto(merged["auto"], where)
+        if auto["mask_steps"] >= steps:  # the stage is mask phase, prune, then distillation of the pruned student
+            raise _fail(where, f"auto.mask_steps ({auto['mask_steps']}) must be fewer than the stage's {steps} "
+                               "steps: the pruned student is distilled for the rest")
     elif merged["auto"] is not None:
         raise _fail(where, "auto: settings are for kind: auto stages only")
     if merged["teacher_cache"] and not has_teacher:
@@ -641,6 +651,7 @@ def check_inputs(recipe: Recipe, _seen: tuple[Path, ...] = ()) -> None:
             raise TinyCLIPError(f"teacher embedding cache {spec.embeddings} does not exist; build it first")
 
     previous_cfg: dict[str, Any] | None = None
+    previous_kind: str | None = None
     for stage in recipe.stages:
         where = f"stage {stage.name!r}"
         student_cfg = model_cfg_of(stage.student)
@@ -663,9 +674,12 @@ def check_inputs(recipe: Recipe, _seen: tuple[Path, ...] = ()) -> None:
                                teacher_cfg["vision_cfg"].get("image_size")),
                               ("context length", student_cfg["text_cfg"].get("context_length", 77),
                                teacher_cfg["text_cfg"].get("context_length", 77))):
-                if stage.kind == "manual" and a != b:
+                if a != b:
                     raise TinyCLIPError(f"{where}: student and teacher differ in {key} ({a} vs {b}); they read "
                                         "the same batch, so use a teacher embedding cache for such a teacher")
+        if stage.kind == "manual" and stage.init == "previous" and previous_kind == "auto":
+            raise TinyCLIPError(f"{where}: a manual stage cannot inherit from the previous auto stage's pruned "
+                                "student (irregular widths); make this stage kind: auto as well")
         source = {"teacher": teacher_cfg, "previous": previous_cfg}.get(stage.init)
         if stage.init == "model":
             source = _check_model_weights(stage.init_model, stage.init_weights, f"{where}: init")
@@ -680,7 +694,7 @@ def check_inputs(recipe: Recipe, _seen: tuple[Path, ...] = ()) -> None:
         if stage.kind == "manual" and stage.init == "teacher" and teacher_cfg is None:
             raise TinyCLIPError(f"{where}: init: teacher needs a teacher model (this recipe's teacher is "
                                 f"{spec.kind}); use init: random")
-        previous_cfg = student_cfg
+        previous_cfg, previous_kind = student_cfg, stage.kind
 
 
 def _check_model_weights(model: str, weights: str | None, where: str) -> dict[str, Any]:

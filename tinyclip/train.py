@@ -9,7 +9,10 @@ student far smaller than the teacher is reached in steps (e.g. ViT-B/32 → 61M 
     (teacher forward, or teacher-embedding-cache lookup) → student forward → DistillationLoss → backward
     → gradient clipping → AdamW (linear warm-up + cosine lr) → logit-scale handling
 
-with checkpoints for an exact ``--resume``, metrics to ``metrics.jsonl``, and evaluation at the end. Everything
+with checkpoints for an exact ``--resume``, metrics to ``metrics.jsonl``, and evaluation at the end. An auto
+stage (paper §3.2, :mod:`tinyclip.inherit.auto`) runs the same loop on ``MaskedCLIP(student)`` for its first
+``mask_steps`` steps (the Lagrangian sparsity term added to the loss, a MaskOptimizer step after AdamW), prunes
+to a dense PrunedCLIP and distils that with a fresh AdamW for the rest; resume works in either phase. Everything
 else lives in its own module: recipes (:mod:`tinyclip.recipe`), run folders (:mod:`tinyclip.runs`), the cache
 (:mod:`tinyclip.teacher_cache`), data (:mod:`tinyclip.data`), losses (:mod:`tinyclip.losses`). Below the
 loop: :func:`run_recipe` (chains stages and trains the teacher a recipe needs), :func:`run_many` (recipes and
@@ -54,6 +57,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .errors import TinyCLIPError
+from .inherit.auto import AutoInheritSpec, MaskedCLIP, MaskOptimizer
+from .pruned import PrunedCLIP, PrunedConfig, param_counts, pruned_architecture, save_pruned, to_pruned
 from .recipe import (Recipe, StageSpec, check_inputs, load_recipe, resolve_device, resolve_recipe,
                      teacher_recipe)
 from .runs import Run, config_hash, runs_root
@@ -89,47 +94,56 @@ def train_stage(run: Run, stage: StageSpec, *, seed: int, teacher: "Teacher | No
     ``on_step(step, record)`` is called after every step (progress hooks, tests).
     """
     cfg = run.config
+
+    # -- resume: the checkpoint is read first, because in an auto stage it decides the student's form -------
+    state = run.load_checkpoint() if resume and run.has_checkpoint() else None
+    start_step = state["step"] if state is not None else 0
+
+    # -- automatic inheritance (paper §3.2): the first mask_steps steps train the student under learnable
+    # masks (MaskedCLIP); then it is pruned to a smaller dense PrunedCLIP and distilled for the rest --------
+    auto = AutoInheritSpec.from_dict(dict(stage.auto)) if stage.kind == "auto" else None
+    if auto is not None:
+        student = to_pruned(student)  # the masks work on PrunedCLIP (an open_clip CLIP is converted)
+    mask_steps = auto.mask_steps if auto is not None else 0
+    auto_report: dict[str, Any] | None = state.get("auto_report") if state is not None else None
+    if auto is not None and auto_report is not None:  # resumed after the prune: the pruned architecture
+        student = PrunedCLIP(PrunedConfig.from_dict(auto_report["config"]))
+    masked = MaskedCLIP(student, auto) if auto is not None and start_step < mask_steps else None
     student.to(device).train()
+    if masked is not None:
+        masked.to(device).train()
 
     # -- the loss (paper §3.1) and its parameters; the logit scale: learned (clamped) or fixed (frozen) --------
     from .losses import DistillationLoss, LossConfig
 
     loss_cfg = LossConfig.from_dict(stage.loss)
     teacher = teacher if loss_cfg.needs_teacher else None  # e.g. the contrastive loss of a teacher's training
-    teacher_dim = teacher.dim if teacher is not None else student.text_projection.shape[1]
-    loss_fn = DistillationLoss(loss_cfg, student_dim=student.text_projection.shape[1], teacher_dim=teacher_dim,
+    student_dim = embed_dim(student)
+    teacher_dim = teacher.dim if teacher is not None else student_dim
+    loss_fn = DistillationLoss(loss_cfg, student_dim=student_dim, teacher_dim=teacher_dim,
                                rank=world.rank, world_size=world.world_size, local_loss=True,
                                gather_with_grad=True).to(device)
     uses_scale = any(k in loss_cfg.term_weights() for k in ("contrastive", "affinity_i2t", "affinity_t2i",
                                                             "image_image", "text_text"))
     fixed_scale = stage.logit_scale["mode"] == "fixed"
-    if fixed_scale:
-        with torch.no_grad():
-            student.logit_scale.fill_(math.log(stage.logit_scale["value"]))
-    student.logit_scale.requires_grad_(uses_scale and not fixed_scale)
-    model = StudentWithLoss(student, loss_fn)
-    if world.world_size > 1:
-        model = nn.parallel.DistributedDataParallel(model, device_ids=[world.local_rank]
-                                                    if device.startswith("cuda") else None)
+    _set_logit_scale(student, stage, trainable=uses_scale)
 
     # -- AdamW with the official weight-decay grouping; lr: linear warm-up then cosine -------------------------
-    params = [p for p in model.parameters() if p.requires_grad]
-    betas, eps = cfg["optim"]["betas"], cfg["optim"]["eps"]
-    optimizer = torch.optim.AdamW(param_groups(model, stage.weight_decay), lr=stage.lr, betas=tuple(betas), eps=eps)
     precision = cfg["precision"]
     autocast = _autocast(precision, device)
     scaler = torch.amp.GradScaler("cuda", enabled=precision == "amp")
+    model, optimizer, params = _optimisation(masked or student, loss_fn, stage, cfg, world, device)
+    mask_optimizer = MaskOptimizer(masked) if masked is not None else None  # descent on log-α, ascent on λ
 
-    # -- resume: model, loss module, optimiser, scaler and RNG state from the last checkpoint -------------------
-    start_step = 0
-    if resume and run.has_checkpoint():
-        state = run.load_checkpoint()
-        student.load_state_dict(state["student"])
+    # -- resume: model, loss module, optimisers, scaler and RNG state from the last checkpoint -----------------
+    if state is not None:
+        (masked or student).load_state_dict(state["student"])
         loss_fn.load_state_dict(state["loss"])
         optimizer.load_state_dict(state["optimizer"])
+        if mask_optimizer is not None:
+            mask_optimizer.load_state_dict(state["mask_optimizer"])
         scaler.load_state_dict(state["scaler"])
         _set_rng_state(state["rng"])
-        start_step = state["step"]
         if world.is_main:
             run.truncate_metrics(start_step)  # the steps after the checkpoint are logged again below
     world.barrier()
@@ -155,21 +169,29 @@ def train_stage(run: Run, stage: StageSpec, *, seed: int, teacher: "Teacher | No
             if fixed_scale:
                 t_scale = torch.tensor(stage.logit_scale["value"], device=device)
 
-        # 2. student forward + distillation loss (the loss runs in fp32 whatever the autocast)
+        # 2. student forward + distillation loss (the loss runs in fp32 whatever the autocast); in the mask
+        #    phase the forward samples the gates and the Lagrangian sparsity term is added (paper §3.2)
         with autocast:
             out = model(images, tokens, t_image, t_text, t_scale)
+        if masked is not None:
+            lagrangian, sparsity_logs = masked.sparsity_loss(step)
+            out = {**out, "loss": out["loss"] + lagrangian, "lagrangian": lagrangian}
         loss = out["loss"]
         losses = _global_mean({"loss" if k == "loss" else f"loss_{k}": v.detach() for k, v in out.items()}, world)
         if not math.isfinite(losses["loss"]):  # every rank sees the same mean, so all stop together
             raise TinyCLIPError(f"stage {stage.name!r}: the loss is not finite at step {step} ({losses['loss']}); "
                                 "check the teacher weights and data, or lower lr")
 
-        # 3. backward, gradient-norm clipping, AdamW step
+        # 3. backward, gradient-norm clipping (weights only, not log-α / λ), AdamW step, then the mask step
         optimizer.zero_grad(set_to_none=True)
+        if mask_optimizer is not None:
+            mask_optimizer.zero_grad()
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
         grad_norm = nn.utils.clip_grad_norm_(params, stage.grad_clip or math.inf)  # returns the norm before
         scaler.step(optimizer)
+        if mask_optimizer is not None:
+            mask_optimizer.step(scaler if scaler.is_enabled() else None)
         scaler.update()
 
         # 4. logit scale: a learned scale is clamped to [0, ln max] (CLIP); a fixed one is frozen
@@ -183,21 +205,37 @@ def train_stage(run: Run, stage: StageSpec, *, seed: int, teacher: "Teacher | No
         record = {"step": step, "samples": done * stage.batch, "lr": lr, **losses, "grad_norm": float(grad_norm),
                   "logit_scale": student.logit_scale.detach().exp().item(),
                   **({"teacher_logit_scale": float(t_scale)} if t_scale is not None else {})}
+        if masked is not None:
+            record.update({k: float(v) for k, v in sparsity_logs.items()})
         if world.is_main and (done % stage.log_every == 0 or done == stage.steps):
+            if masked is not None:  # the size the prune would give now (0/1 masks)
+                record["deterministic_sparsity"] = 1 - masked.deterministic_params()["total"] / masked.reference_params
             record["samples_per_s"] = round((done - logged_step) * stage.batch / max(time.time() - t_last, 1e-9), 2)
             t_last, logged_step = time.time(), done
             run.append_metrics(record)
         progress.update(stage.batch)
         progress.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}", refresh=False)
+        if masked is not None and done == mask_steps:
+            # the end of the mask phase: prune to a dense student, then plain distillation with a fresh AdamW
+            # (official: new optimiser without the L0 group; the lr goes on along the same schedule)
+            student, auto_report = _prune(masked, images, tokens, auto, step)
+            masked = mask_optimizer = None
+            _set_logit_scale(student, stage, trainable=uses_scale)
+            model, optimizer, params = _optimisation(student, loss_fn, stage, cfg, world, device)
+            if world.is_main:
+                run.append_metrics({"step": step, "pruned": {k: v for k, v in auto_report.items() if k != "config"}})
+        current = masked or student
         if stage.eval["every"] and done % stage.eval["every"] == 0 and done < stage.steps:
             if world.is_main:
-                run.append_metrics({"step": step, "eval": evaluate(student)})
+                run.append_metrics({"step": step, "eval": evaluate(current)})
             world.barrier()
         if stage.checkpoint_every and done % stage.checkpoint_every == 0 and done < stage.steps:
             if world.is_main:
-                run.save_checkpoint({"step": done, "student": student.state_dict(), "loss": loss_fn.state_dict(),
+                run.save_checkpoint({"step": done, "student": current.state_dict(), "loss": loss_fn.state_dict(),
                                      "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                                     "rng": _rng_state(), "run": run.hash})
+                                     "rng": _rng_state(), "run": run.hash,
+                                     **({"mask_optimizer": mask_optimizer.state_dict()} if mask_optimizer else {}),
+                                     **({"auto_report": auto_report} if auto_report is not None else {})})
             world.barrier()
         if on_step is not None:
             on_step(step, record)
@@ -212,12 +250,18 @@ def train_stage(run: Run, stage: StageSpec, *, seed: int, teacher: "Teacher | No
         from . import zoo
         from .export import save_open_clip_dir
 
-        save_open_clip_dir(student, cfg["student"]["model_cfg"], run.model_dir,
-                           extra={"run": run.hash, "stage": stage.name, "paper_section": "3.3"})
+        if auto is not None:  # an irregular architecture: tinyclip.pruned's own format (config + safetensors)
+            save_pruned(student, run.model_dir)
+        else:
+            save_open_clip_dir(student, cfg["student"]["model_cfg"], run.model_dir,
+                               extra={"run": run.hash, "stage": stage.name, "paper_section": "3.3"})
         final_train = {k: v for k, v in record.items() if k.startswith("loss") or k == "logit_scale"}
         summary = {"run": run.hash, "stage": stage.name, "student": stage.student, "params": zoo.count_params(student),
                    "steps": stage.steps, "samples": stage.steps * stage.batch, "train": final_train,
                    "metrics": metrics, "train_s": round(step_time, 2)}
+        if auto is not None:
+            summary["auto"] = {k: v for k, v in auto_report.items() if k != "config"}
+            summary["architecture"] = pruned_architecture(student)
         if teacher is not None and teacher.cache is not None:
             teacher.cache.flush()
             summary["teacher_cache"] = {"path": str(teacher.cache.path), "hits": teacher.cache.hits,
@@ -226,6 +270,59 @@ def train_stage(run: Run, stage: StageSpec, *, seed: int, teacher: "Teacher | No
         shutil.rmtree(run.checkpoint_path.parent, ignore_errors=True)  # only an unfinished run needs it
     world.barrier()
     return run.summary()
+
+
+def embed_dim(student: nn.Module) -> int:
+    """The joint embedding width of an open_clip CLIP, a PrunedCLIP or a MaskedCLIP."""
+    if isinstance(student, (PrunedCLIP, MaskedCLIP)):
+        return int(student.config.embed_dim)
+    return int(student.text_projection.shape[1])
+
+
+def _set_logit_scale(student: nn.Module, stage: StageSpec, *, trainable: bool) -> None:
+    """Fixed mode: set the scale to log(value) and freeze it; learned mode: train it (when the loss uses it)."""
+    fixed = stage.logit_scale["mode"] == "fixed"
+    if fixed:
+        with torch.no_grad():
+            student.logit_scale.fill_(math.log(stage.logit_scale["value"]))
+    student.logit_scale.requires_grad_(trainable and not fixed)
+
+
+def _optimisation(student: nn.Module, loss_fn: nn.Module, stage: StageSpec, cfg: dict, world: World,
+                  device: str) -> tuple[nn.Module, torch.optim.Optimizer, list[nn.Parameter]]:
+    """The trained module (student + loss, DDP-wrapped under torchrun), its AdamW, and the tensors to clip.
+    A MaskedCLIP's log-α and λ are left out of both: MaskOptimizer owns them (own lr, ascent on λ)."""
+    model: nn.Module = StudentWithLoss(student, loss_fn)
+    if world.world_size > 1:
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[world.local_rank]
+                                                    if device.startswith("cuda") else None)
+    l0 = ({id(p) for p in student.mask_parameters() + student.lagrangian_parameters()}
+          if isinstance(student, MaskedCLIP) else set())
+    params = [p for p in model.parameters() if p.requires_grad and id(p) not in l0]
+    betas, eps = cfg["optim"]["betas"], cfg["optim"]["eps"]
+    optimizer = torch.optim.AdamW(param_groups(model, stage.weight_decay, skip=l0), lr=stage.lr,
+                                  betas=tuple(betas), eps=eps)
+    return model, optimizer, params
+
+
+@torch.no_grad()
+def _prune(masked: MaskedCLIP, images: torch.Tensor, tokens: torch.Tensor, spec: AutoInheritSpec,
+           step: int) -> tuple[PrunedCLIP, dict[str, Any]]:
+    """The end of the mask phase: the dense pruned student and a report of its size against the original
+    teacher (``achieved_sparsity``) and of how far its outputs are from the eval-mode masked model's on a
+    few samples of the last batch (they should agree to float rounding)."""
+    expected = float(masked.expected_sparsity())
+    pruned = masked.prune()
+    masked.eval(), pruned.eval()
+    probe = images[:8], tokens[:8]
+    diff = max(float((a - b).abs().max()) for a, b in zip(masked(*probe)[:2], pruned(*probe)[:2]))
+    masked.train(), pruned.train()
+    counts = param_counts(pruned)
+    report = {"step": step, "target_sparsity": spec.target_sparsity,
+              "achieved_sparsity": 1 - counts["total"] / masked.reference_params, "expected_sparsity": expected,
+              "params": counts["total"], "reference_params": masked.reference_params,
+              "pruned_vs_masked_max_abs_diff": diff, "config": pruned.config.to_dict()}
+    return pruned, report
 
 
 class StudentWithLoss(nn.Module):
@@ -254,10 +351,11 @@ def no_weight_decay(name: str, param: torch.Tensor) -> bool:
     return param.ndim < 2 or any(part in name for part in ("bn", "ln", "bias", "logit_scale"))
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+def param_groups(model: nn.Module, weight_decay: float, skip: set[int] = frozenset()) -> list[dict[str, Any]]:
+    """AdamW groups (no decay / decay) of ``model``'s trainable tensors, except those whose id is in ``skip``."""
     decay, plain = [], []
     for name, param in model.named_parameters():
-        if param.requires_grad:
+        if param.requires_grad and id(param) not in skip:
             (plain if no_weight_decay(name, param) else decay).append(param)
     return [{"params": plain, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
 
@@ -390,6 +488,7 @@ def run_recipe(recipe: Recipe, *, resume: bool = False, force: bool = False, sta
 
     from .export import load_open_clip_dir
     from .inherit.manual import ManualInheritSpec, inherit_manual
+    from .pruned import load_pruned
 
     world = world or init_world()
     check_inputs(recipe)
@@ -412,14 +511,6 @@ def run_recipe(recipe: Recipe, *, resume: bool = False, force: bool = False, sta
             if run.is_finished() and not forced:
                 summaries.append({**run.summary(), "reused": True})
                 continue
-            if spec.kind == "auto":
-                # The hook for automatic inheritance (paper §3.2, tinyclip.inherit.auto): the stage is the same
-                # loop with the student wrapped in MaskedCLIP(student, AutoInheritSpec(**spec.auto)) for its first
-                # mask_steps steps (loss + masked.sparsity_loss(step), a MaskOptimizer step after AdamW, clipping
-                # only masked.weight_parameters()), then masked.prune() and a fresh AdamW for the rest; the
-                # pruned student is exported with tinyclip.pruned.save_pruned. spec.auto holds the resolved spec.
-                raise TinyCLIPError(f"stage {spec.name!r}: kind 'auto' (automatic inheritance) is not available "
-                                    "in this trainer yet")
             fresh = forced or not run.has_checkpoint()
             if not fresh and not resume:
                 raise TinyCLIPError(f"run {run.dir} of stage {spec.name!r} was interrupted; pass --resume to "
@@ -438,14 +529,20 @@ def run_recipe(recipe: Recipe, *, resume: bool = False, force: bool = False, sta
             # model (init: {model, weights}), or random
             torch.manual_seed(recipe.seed)
             inherit = ManualInheritSpec(**spec.inherit)
+            previous_auto = index > 0 and recipe.stages[index - 1].kind == "auto"
             if spec.init == "random":
-                student = load_model(spec.student, None)
+                source = student = load_model(spec.student, None)
             else:
                 source = {"teacher": lambda: teacher_model,
-                          "previous": lambda: load_open_clip_dir(runs[index - 1].model_dir)[0],
+                          "previous": lambda: (load_pruned(runs[index - 1].model_dir) if previous_auto
+                                               else load_open_clip_dir(runs[index - 1].model_dir)[0]),
                           "model": lambda: load_model(spec.init_model, spec.init_weights)}[spec.init]()
-                student, _ = inherit_manual(source, spec.student, inherit)  # same size: an exact copy
-            preprocess = open_clip.get_model_preprocess_cfg(student) or {}
+                if spec.kind == "manual":
+                    student, _ = inherit_manual(source, spec.student, inherit)  # same size: an exact copy
+            if spec.kind == "auto":  # the masks start on the source itself (a copy: the teacher stays intact)
+                student = auto_student(source, teacher_model)
+            preprocess = open_clip.get_model_preprocess_cfg(
+                student if spec.kind == "manual" or teacher_model is None else teacher_model) or {}
             tokenizer = open_clip.get_tokenizer(spec.student)
             mean = tuple(preprocess.get("mean", open_clip.OPENAI_DATASET_MEAN))
             std = tuple(preprocess.get("std", open_clip.OPENAI_DATASET_STD))
@@ -460,6 +557,18 @@ def run_recipe(recipe: Recipe, *, resume: bool = False, force: bool = False, sta
                                   device=run_device, resume=resume, on_step=on_step)
             summaries.append({**summary, "reused": False})
     return summaries
+
+
+def auto_student(source: nn.Module, teacher: nn.Module | None) -> PrunedCLIP:
+    """The student an auto stage masks: a trainable copy of ``source`` (the teacher, the previous stage's
+    pruned student, ...) as a PrunedCLIP whose sparsity reference is the *original* teacher's size (paper §3.3:
+    stage k is measured against the teacher, not against stage k−1)."""
+    import copy
+
+    student = to_pruned(copy.deepcopy(source)).requires_grad_(True)
+    if teacher is not None:
+        student.config.reference_params = param_counts(teacher)["total"]
+    return student
 
 
 @contextlib.contextmanager
@@ -559,9 +668,10 @@ def _evaluator(stage: StageSpec, tokenizer: Any, device: str) -> Callable[[nn.Mo
 
         if not spec["tasks"] and not spec["imagenet"]:
             return {}
-        cfg = open_clip.get_model_preprocess_cfg(student) or {}
-        preprocess = eval_transform(int(student.visual.image_size if isinstance(student.visual.image_size, int)
-                                        else student.visual.image_size[0]),
+        model = student.model if isinstance(student, MaskedCLIP) else student  # the tower under the masks
+        cfg = open_clip.get_model_preprocess_cfg(model) or {}
+        size = model.visual.image_size
+        preprocess = eval_transform(int(size if isinstance(size, int) else size[0]),
                                     cfg.get("mean", open_clip.OPENAI_DATASET_MEAN),
                                     cfg.get("std", open_clip.OPENAI_DATASET_STD))
         with torch.no_grad():
@@ -642,23 +752,47 @@ def _run_cli(args: argparse.Namespace, teacher_only: bool) -> int:
     return 0
 
 
-def smoke(recipe_path: str | Path | None = None) -> dict:
+def smoke(recipe_path: str | Path | None = None, *, auto: bool = False) -> dict:
     """The smoke profile end to end (``make smoke``): data, teacher, the 2-stage manual chain, evaluation.
+    ``auto`` (``make smoke-auto``): the 2-stage automatic chain (recipes/smoke_auto.yaml) instead, whose final
+    pruned student is then reloaded from its export and evaluated again; the result carries that stage's
+    ``target_sparsity``, ``achieved_sparsity`` and ``pruned_vs_masked_max_abs_diff`` at the top level.
     Finished runs are reused and an interrupted one resumes, so a second call takes seconds."""
     from .data import build
     from .runs import project_root
 
     t0 = time.time()
     build("smoke")
-    recipe = load_recipe(recipe_path or project_root() / "recipes" / "smoke_manual.yaml")
+    default = "smoke_auto.yaml" if auto else "smoke_manual.yaml"
+    recipe = load_recipe(recipe_path or project_root() / "recipes" / default)
     summaries = run_recipe(recipe, resume=True)
     teacher = run_recipe(teacher_recipe(recipe), resume=True)[-1]  # finished above: reused
 
     def row(s: dict) -> dict:
         return {"name": s["student"], "stage": s["stage"], "params": s["params"], "metrics": s["metrics"],
-                "run": s["run"], "reused": s.get("reused", False)}
+                "run": s["run"], "reused": s.get("reused", False), **({"auto": s["auto"]} if "auto" in s else {})}
 
-    return {"teacher": row(teacher), "students": [row(s) for s in summaries], "wall_s": round(time.time() - t0, 1)}
+    result = {"teacher": row(teacher), "students": [row(s) for s in summaries]}
+    if auto:
+        result.update(_reload_pruned(recipe, summaries[-1]))
+    return {**result, "wall_s": round(time.time() - t0, 1)}
+
+
+def _reload_pruned(recipe: Recipe, summary: dict) -> dict:
+    """Reload an auto stage's exported student (tinyclip.pruned.load_pruned) and evaluate it again: the
+    metrics must equal those the trainer measured on the in-memory student."""
+    import open_clip
+
+    from .pruned import load_pruned
+
+    stage = recipe.stages[-1]
+    device = resolve_device(recipe.device)
+    student = load_pruned(summary["model_dir"], device=device)
+    metrics = _evaluator(stage, open_clip.get_tokenizer(stage.student), device)(student)
+    report = summary["auto"]
+    return {"stage": stage.name, "reloaded_metrics_equal": metrics == summary["metrics"],
+            "target_sparsity": report["target_sparsity"], "achieved_sparsity": report["achieved_sparsity"],
+            "pruned_vs_masked_max_abs_diff": report["pruned_vs_masked_max_abs_diff"]}
 
 
 def add_cli(subparsers: argparse._SubParsersAction) -> None:
@@ -680,4 +814,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("smoke", help="smoke profile end to end: data, teacher, 2-stage chain, eval; "
                               "prints JSON (teacher, students, wall_s) as its last line")
     p.add_argument("--threads", type=int, metavar="N", help="torch threads")
-    p.set_defaults(func=lambda args: _apply_threads(args.threads) or print(json.dumps(smoke())) or 0)
+    p.add_argument("--auto", action="store_true", help="the automatic-inheritance chain (recipes/smoke_auto.yaml), "
+                   "then reload and re-evaluate its pruned student; adds target_sparsity, achieved_sparsity and "
+                   "pruned_vs_masked_max_abs_diff of the final stage")
+    p.set_defaults(func=lambda args: _apply_threads(args.threads) or print(json.dumps(smoke(auto=args.auto))) or 0)
