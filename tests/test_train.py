@@ -25,31 +25,6 @@ from tinyclip.train import StudentWithLoss, cosine_lr, load_model, param_groups,
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    """Smoke data built once into a scratch data root; one torch thread (fast and deterministic on 2 cores)."""
-    from tinyclip.data import build
-
-    data_root = tmp_path_factory.mktemp("data")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TINYCLIP_DATA_ROOT", str(data_root))
-        mp.setenv("TINYCLIP_PROGRESS", "0")
-        mp.setenv("OMP_NUM_THREADS", "1")
-        build("smoke")
-        teacher = load_model("TinyCLIP-smoke-teacher", None)
-        torch.save(teacher.state_dict(), data_root / "teacher.pt")
-        yield data_root
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture
-def runs(env, tmp_path, monkeypatch):
-    monkeypatch.setenv("TINYCLIP_RUNS_ROOT", str(tmp_path / "runs"))
-    return tmp_path / "runs"
-
-
 def write_recipe(folder: Path, env: Path, **stage_changes) -> Path:
     """A tiny recipe: a fixed random smoke teacher (weights file) → S75 (6 steps, checkpoints every 3)."""
     stage = {"name": "S75", "student": "TinyCLIP-smoke-S75", "steps": 6, **stage_changes}

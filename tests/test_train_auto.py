@@ -22,31 +22,6 @@ from tinyclip.train import _evaluator, load_model, run_recipe
 FAST_MASKS = {"mask_lr": 0.3, "lagrangian_lr": 0.3, "sparsity_warmup": 10}
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    """Smoke data built once into a scratch data root, a fixed random smoke teacher, one torch thread."""
-    from tinyclip.data import build
-
-    data_root = tmp_path_factory.mktemp("data")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TINYCLIP_DATA_ROOT", str(data_root))
-        mp.setenv("TINYCLIP_PROGRESS", "0")
-        build("smoke")
-        torch.manual_seed(0)
-        teacher = load_model("TinyCLIP-smoke-teacher", None)
-        torch.save(teacher.state_dict(), data_root / "teacher.pt")
-        yield data_root
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture
-def runs(env, tmp_path, monkeypatch):
-    monkeypatch.setenv("TINYCLIP_RUNS_ROOT", str(tmp_path / "runs"))
-    return tmp_path / "runs"
-
-
 def write_recipe(folder: Path, env: Path, stages: list[dict], name: str = "auto") -> Path:
     raw = {"name": name, "seed": 0,
            "teacher": {"model": "TinyCLIP-smoke-teacher", "weights": str(env / "teacher.pt")},

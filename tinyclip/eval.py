@@ -28,7 +28,7 @@ import torch
 
 from .data.imageops import EvalTransform
 from .data.profiles import EVAL_SETS, profile_dir
-from .errors import TinyCLIPError
+from .errors import TinyCLIPError, one_line
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ def _imagenet_dataset(root: Path, transform):
         return cb.build_dataset("imagenet1k", root=str(root), transform=transform, split="test",
                                 task="zeroshot_classification")
     except (RuntimeError, OSError, AssertionError) as exc:
-        raise TinyCLIPError(f"cannot read ImageNet at {root} ({str(exc).splitlines()[0]}); expected a torchvision "
+        raise TinyCLIPError(f"cannot read ImageNet at {root} ({one_line(exc)}); expected a torchvision "
                             f"ImageNet root or a clip-benchmark wds folder") from None
 
 
@@ -192,7 +192,7 @@ def load_open_clip(model_name: str, weights: str | None = None, device: str = "c
         model = open_clip.create_model(model_name, pretrained=weights, device=device)
         tokenizer = open_clip.get_tokenizer(model_name)
     except (RuntimeError, ValueError, KeyError, FileNotFoundError) as exc:
-        raise TinyCLIPError(f"cannot load model {model_name!r}: {str(exc).splitlines()[0]}") from None
+        raise TinyCLIPError(f"cannot load model {model_name!r}: {one_line(exc)}") from None
     size = model.visual.image_size
     size = size[0] if isinstance(size, (tuple, list)) else size
     cfg = getattr(model.visual, "preprocess_cfg", {}) or {}

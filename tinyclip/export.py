@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import TinyCLIPError
+from .errors import TinyCLIPError, one_line
 
 CONFIG_NAME = "open_clip_config.json"
 WEIGHTS_NAME = "open_clip_model.safetensors"
@@ -38,12 +38,6 @@ def _strip_prefix(path: str | Path) -> Path:
     if text.startswith(LOCAL_DIR_PREFIX):
         text = text[len(LOCAL_DIR_PREFIX):]
     return Path(text).expanduser()
-
-
-def _one_line(exc: BaseException, limit: int = 200) -> str:
-    lines = str(exc).strip().splitlines()
-    text = f"{type(exc).__name__}: {lines[0] if lines else ''}"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _check_model_cfg(model_cfg: Any) -> None:
@@ -103,7 +97,7 @@ def save_open_clip_dir(
         if extra is not None:
             config["tinyclip"] = _jsonable(extra)
     except (TypeError, ValueError) as exc:
-        raise TinyCLIPError(f"export config is not JSON-serialisable ({_one_line(exc)}); pass plain data") from exc
+        raise TinyCLIPError(f"export config is not JSON-serialisable ({one_line(exc, with_type=True)}); pass plain data") from exc
 
     state: dict[str, torch.Tensor] = {}
     for name, tensor in model.state_dict().items():
@@ -155,7 +149,7 @@ def read_open_clip_config(path: str | Path) -> dict:
     try:
         config = json.loads(config_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise TinyCLIPError(f"{config_path} is unreadable ({_one_line(exc)}); re-export the model") from exc
+        raise TinyCLIPError(f"{config_path} is unreadable ({one_line(exc, with_type=True)}); re-export the model") from exc
     if not isinstance(config, dict):
         raise TinyCLIPError(f"{config_path} is not a JSON object; re-export the model")
     try:
@@ -181,5 +175,5 @@ def load_open_clip_dir(path: str | Path) -> tuple[nn.Module, dict]:
     try:
         model = open_clip.create_model(f"{LOCAL_DIR_PREFIX}{folder}")
     except Exception as exc:  # safetensors, strict load_state_dict, config errors: all mean a broken export
-        raise TinyCLIPError(f"cannot load {folder} ({_one_line(exc)}); re-export the model") from exc
+        raise TinyCLIPError(f"cannot load {folder} ({one_line(exc, with_type=True)}); re-export the model") from exc
     return model, config["model_cfg"]

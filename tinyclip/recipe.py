@@ -49,7 +49,7 @@ from typing import Any
 
 import yaml
 
-from .errors import TinyCLIPError
+from .errors import TinyCLIPError, one_line
 from .runs import config_hash, file_digest
 
 RUN_FORMAT = 1  # bump when the meaning of a resolved config changes, so old runs are not reused by mistake
@@ -465,8 +465,7 @@ def load_recipe(path: str | Path, seed: int | None = None) -> Recipe:
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise TinyCLIPError(f"recipe {path} is not valid YAML ({first})") from None
+        raise TinyCLIPError(f"recipe {path} is not valid YAML ({one_line(exc)})") from None
     return parse_recipe(raw, path, seed)
 
 

@@ -56,7 +56,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
-from .errors import TinyCLIPError
+from .errors import TinyCLIPError, one_line
 from .inherit.auto import AutoInheritSpec, MaskedCLIP, MaskOptimizer
 from .pruned import PrunedCLIP, PrunedConfig, param_counts, pruned_architecture, save_pruned, to_pruned
 from .recipe import (Recipe, StageSpec, check_inputs, load_recipe, resolve_device, resolve_recipe,
@@ -455,8 +455,7 @@ def load_model(name: str, weights: str | None) -> nn.Module:
         with _quiet_open_clip():
             return open_clip.create_model(name, pretrained=weights)
     except Exception as exc:  # noqa: BLE001 — a download or load failure, one line for the user
-        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-        raise TinyCLIPError(f"cannot load {name} weights {weights!r} ({first}); without network give the "
+        raise TinyCLIPError(f"cannot load {name} weights {weights!r} ({one_line(exc, 160)}); without network give the "
                             "weights as a local checkpoint file") from None
 
 
