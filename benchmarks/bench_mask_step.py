@@ -25,7 +25,6 @@ import platform
 import statistics
 import sys
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -77,9 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     embed_dim = student.visual.output_dim
     # affinity mimicking with the official fixed logit scale 50 (tinyclip.losses)
     distill = DistillationLoss(LossConfig(affinity=1.0, fixed_logit_scale=50.0), embed_dim, embed_dim).to(device)
-    autocast = (
-        (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if args.precision == "bf16" else nullcontext
-    )
+    # the trainer's forward context: autocast, and on CPU the math attention kernel (tinyclip.train)
+    from tinyclip.train import _forward_context
+
+    autocast = _forward_context(args.precision, device.type)
 
     def make_step(model, weights, extra):
         opt = torch.optim.AdamW(weights, lr=1e-4, weight_decay=0.2)

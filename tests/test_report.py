@@ -5,7 +5,8 @@ from tinyclip import report, table2
 from tinyclip.errors import TinyCLIPError
 
 
-def test_table2_renders_without_code_and_with_provenance():
+def test_table2_renders_without_code_and_with_provenance(tmp_path, monkeypatch):
+    monkeypatch.setenv("TINYCLIP_REPORTS_ROOT", str(tmp_path / "reports"))
     out = report.render("table2", profile="smoke", parameters={"measure_throughput": False})
     assert out == report.reports_dir("smoke") / "table2.html"
     page = out.read_text()
@@ -13,7 +14,7 @@ def test_table2_renders_without_code_and_with_provenance():
     assert "TinyCLIP-auto-ViT-45M-32-Text-18M" in page
     assert "import pandas" not in page          # input cells are excluded
     assert "Provenance." in page and "git commit" in page
-    assert "table2.html" in (report.project_root() / "reports" / "index.html").read_text()
+    assert "smoke/table2.html" in (tmp_path / "reports" / "index.html").read_text()
 
 
 def test_unknown_notebook_is_a_clear_error():

@@ -323,3 +323,41 @@ def test_smoke_driver_trains_the_teacher_then_the_chain(env, runs, tmp_path):
     assert config["init"]["run"] == out["students"][0]["run"]                 # stage 2 starts from stage 1
     metrics = [json.loads(line) for line in (runs / out["teacher"]["run"] / "metrics.jsonl").read_text().splitlines()]
     assert "loss_contrastive" in metrics[0] and "loss_affinity_i2t" not in metrics[0]
+
+
+def test_lit_teacher_is_built_once_on_first_use(env, runs, tmp_path, monkeypatch):
+    """``teacher: {lit: PROFILE}``: the LiT teacher's embedding cache is built when the first recipe needs it (here
+    with toy towers instead of the pretrained ones), read per (sample, view), and reused afterwards."""
+    from test_lit import toy_towers
+
+    from tinyclip import lit
+
+    calls = []
+    real_build = lit.build_lit_teacher
+
+    def toy_build(profile, **kw):
+        calls.append(profile)
+        return real_build(profile, towers=toy_towers(), config=lit.LiTConfig(embed_dim=64, image_size=kw["image_size"]),
+                          heads=lit.HeadTrainingConfig(steps=20, batch_size=64, warmup=2, eval_every=10),
+                          evaluate=False, **kw)
+
+    monkeypatch.setattr(lit, "build_lit_teacher", toy_build)
+    path = write_recipe(tmp_path, env, steps=3, init="random", student="TinyCLIP-smoke-S50", teacher_cache=True,
+                        loss="contrastive+affinity", logit_scale={"mode": "learned"}, eval={"tasks": []})
+    raw = yaml.safe_load(path.read_text())
+    raw["teacher"] = {"lit": {"profile": "smoke", "image_size": 16}}
+    raw["defaults"]["data"] = {"profile": "smoke", "augment": True, "fixed_views": 2}
+    path.write_text(yaml.safe_dump(raw))
+    first = run_recipe(load_recipe(path))[0]
+    assert calls == ["smoke"] and (runs / "lit" / "smoke-16px" / "teacher_cache_v2" / "meta.json").is_file()
+    assert first["teacher_cache"]["hits"] == 3 and first["train"]["loss_affinity_i2t"] > 0
+    again = run_recipe(load_recipe(path))[0]
+    assert again["reused"] and calls == ["smoke"]
+    raw["stages"][0]["teacher_cache"] = False  # a LiT teacher exists only as per-view cached embeddings
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(TinyCLIPError, match="same data.fixed_views > 0"):
+        run_recipe(load_recipe(path))
+    raw["teacher"] = {"lit": "paper"}
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(TinyCLIPError, match="not 'paper'"):
+        load_recipe(path)

@@ -19,6 +19,7 @@ _COMMAND_MODULES = [
     "tinyclip.data",            # tinyclip data build|card
     "tinyclip.eval",            # tinyclip eval
     "tinyclip.train",           # tinyclip train-teacher | distill | smoke
+    "tinyclip.table2",          # tinyclip reproduce-table2
 ]
 
 

@@ -93,12 +93,15 @@ _RECIPE_KEYS = {"name", "seed", "device", "teacher", "defaults", "stages", "desc
 class TeacherSpec:
     """Where the teacher comes from. ``kind``: "none" (contrastive teacher training), "model" (an open_clip model
     name or ``local-dir:PATH`` with ``weights`` = a file, a hub tag, or None for random weights), "train" (the
-    final student of another recipe, trained first or reused), "embeddings" (only a teacher-embedding cache)."""
+    final student of another recipe, trained first or reused), "embeddings" (only a teacher-embedding cache),
+    "lit" (the LiT teacher of a built data set, :mod:`tinyclip.lit`: built on first use, then an embeddings cache
+    with the stages' ``data.fixed_views``)."""
     kind: str = "none"
     model: str | None = None
     weights: str | None = None
     recipe: str | None = None
     embeddings: str | None = None
+    lit: dict[str, Any] | None = None   # kind "lit": {profile, image_size} of tinyclip.lit.build_lit_teacher
 
 
 @dataclass(frozen=True)
@@ -209,18 +212,41 @@ def _parse_teacher(raw: Any, base_dir: Path | None) -> TeacherSpec:
         raise _fail("teacher", f"give a mapping, e.g. {{model: {raw}, weights: FILE}} or {{train: RECIPE}}")
     if not isinstance(raw, dict):
         raise _fail("teacher", f"expected a mapping or 'none', got {raw!r}")
-    unknown = set(raw) - {"model", "weights", "train", "embeddings"}
+    unknown = set(raw) - {"model", "weights", "train", "embeddings", "lit"}
     if unknown:
-        raise _fail("teacher", f"unknown keys {sorted(unknown)}; use model/weights, train or embeddings")
-    chosen = [k for k in ("model", "train", "embeddings") if raw.get(k)]
+        raise _fail("teacher", f"unknown keys {sorted(unknown)}; use model/weights, train, embeddings or lit")
+    chosen = [k for k in ("model", "train", "embeddings", "lit") if raw.get(k)]
     if len(chosen) != 1:
-        raise _fail("teacher", "give exactly one of model (+ weights), train (a teacher recipe) or embeddings")
+        raise _fail("teacher", "give exactly one of model (+ weights), train (a teacher recipe), embeddings or lit")
+    if "lit" in chosen:
+        return TeacherSpec(kind="lit", lit=_parse_lit(raw["lit"]))
     if "train" in chosen:
         return TeacherSpec(kind="train", recipe=_resolve_path(raw["train"], base_dir))
     if "embeddings" in chosen:
         return TeacherSpec(kind="embeddings", embeddings=_resolve_path(raw["embeddings"], base_dir))
     model, weights = _parse_model_weights(raw, "teacher", base_dir)
     return TeacherSpec(kind="model", model=model, weights=weights)
+
+
+def _parse_lit(raw: Any) -> dict[str, Any]:
+    """``lit: PROFILE`` or ``lit: {profile: PROFILE, image_size: N}`` (default 128 px, the measured LiT build)."""
+    raw = {"profile": raw} if isinstance(raw, str) else raw
+    if not isinstance(raw, dict) or set(raw) - {"profile", "image_size"}:
+        raise _fail("teacher.lit", f"expected a profile name or {{profile, image_size}}, got {raw!r}")
+    from .data.profiles import PROFILES
+
+    profile = str(raw.get("profile", "mini"))
+    if profile not in PROFILES or profile == "paper":
+        raise _fail("teacher.lit", f"the LiT teacher is built on the smoke or mini data set, not {profile!r}")
+    return {"profile": profile, "image_size": _number(raw.get("image_size", 128), "teacher.lit.image_size", int)}
+
+
+def lit_cache_dir(recipe: "Recipe") -> Path:
+    """Where a ``teacher: {lit: ...}`` recipe's teacher-embedding cache lives (for its stages' fixed views)."""
+    from .lit import default_out_dir
+
+    spec = recipe.teacher.lit or {}
+    return default_out_dir(spec["profile"], spec["image_size"]) / f"teacher_cache_v{recipe.stages[0].data.fixed_views}"
 
 
 def is_weights_file(weights: str) -> bool:
@@ -533,10 +559,14 @@ def teacher_identity(recipe: Recipe, *, device: str, world_size: int) -> dict[st
         sub = teacher_recipe(recipe)
         configs = resolve_recipe(sub, device=device, world_size=world_size)
         return {"kind": "run", "run": config_hash(configs[-1]), "model_cfg": configs[-1]["student"]["model_cfg"]}
-    if spec.kind == "embeddings":
+    if spec.kind in ("embeddings", "lit"):
         from .teacher_cache import TeacherEmbeddingCache
 
-        return {"kind": "embeddings", "cache": TeacherEmbeddingCache.open(spec.embeddings).cache_id}
+        path = spec.embeddings if spec.kind == "embeddings" else lit_cache_dir(recipe)
+        if spec.kind == "lit" and not Path(path).is_dir():
+            raise TinyCLIPError(f"the LiT teacher of recipe {recipe.name!r} is not built yet ({path}); "
+                                "train the recipe to build it")
+        return {"kind": "embeddings", "cache": TeacherEmbeddingCache.open(path).cache_id}
     return {"kind": "model", **model_identity(spec.model, spec.weights)}
 
 
@@ -648,6 +678,11 @@ def check_inputs(recipe: Recipe, _seen: tuple[Path, ...] = ()) -> None:
     elif spec.kind == "embeddings":
         if not Path(spec.embeddings).is_dir():
             raise TinyCLIPError(f"teacher embedding cache {spec.embeddings} does not exist; build it first")
+    elif spec.kind == "lit":
+        views = {s.data.fixed_views for s in recipe.stages}
+        if len(views) != 1 or 0 in views or not all(s.teacher_cache for s in recipe.stages):
+            raise TinyCLIPError(f"recipe {recipe.name!r}: a LiT teacher exists only as cached embeddings; give every "
+                                "stage teacher_cache: true and the same data.fixed_views > 0")
 
     previous_cfg: dict[str, Any] | None = None
     previous_kind: str | None = None

@@ -11,6 +11,7 @@ import argparse
 import datetime as _dt
 import html
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -27,8 +28,14 @@ def notebooks_dir() -> Path:
     return project_root() / "notebooks"
 
 
+def reports_root() -> Path:
+    """``$TINYCLIP_REPORTS_ROOT`` if set (tests, scratch renders), else ``<project root>/reports``."""
+    env = os.environ.get("TINYCLIP_REPORTS_ROOT")
+    return Path(env) if env else project_root() / "reports"
+
+
 def reports_dir(profile: str) -> Path:
-    base = project_root() / "reports"
+    base = reports_root()
     return base if profile == DEFAULT_PROFILE else base / profile
 
 
@@ -79,7 +86,8 @@ def _provenance_markdown(name: str, params: dict[str, Any], wall_s: float) -> st
 
 def write_index() -> Path:
     """``reports/index.html``: every rendered report with its profile and modification time."""
-    base = project_root() / "reports"
+    base = reports_root()
+    base.mkdir(parents=True, exist_ok=True)
     rows = []
     for path in sorted(base.rglob("*.html")):
         if path.name == "index.html":

@@ -11,6 +11,9 @@ Three parts, side by side in ``notebooks/table2.ipynb``:
 """
 from __future__ import annotations
 
+import json
+import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +22,7 @@ import torch
 from torch import nn
 
 from . import zoo
+from .errors import TinyCLIPError
 from .inherit.auto import official_split_chain
 from .inherit.manual import inherit_manual
 from .pruned import PrunedCLIP
@@ -27,6 +31,7 @@ from .runs import Run, project_root
 from .throughput import throughput_table
 
 RECIPES_DIR = project_root() / "recipes"
+TABLE2_RECIPES = ("manual", "scratch", "auto")   # part (c): recipes/<profile>_<kind>.yaml
 
 UNREPRODUCIBLE = [
     {"model": "TinyCLIP DaViT-5M (from Florence DaViT-D3)",
@@ -119,7 +124,11 @@ def recipe_summaries(path: str | Path, seed: int | None = None) -> list[dict[str
     recipes = ([teacher_recipe(recipe)] if recipe.teacher.kind == "train" else []) + [recipe]
     summaries = []
     for part in recipes:
-        for config, stage in zip(resolve_recipe(part, device=device, world_size=1), part.stages):
+        try:
+            configs = resolve_recipe(part, device=device, world_size=1)
+        except TinyCLIPError:  # e.g. its LiT teacher is not built yet: nothing of it can have finished
+            return None
+        for config, stage in zip(configs, part.stages):
             run = Run(config)
             if not run.is_finished():
                 return None
@@ -139,11 +148,15 @@ def _metric_columns(metrics: dict[str, dict[str, float]]) -> dict[str, float]:
     return out
 
 
+METRICS = ("fmnist_prompted_acc1", "tux_i2t_r1", "tux_t2i_r1", "openmoji_i2t_r1", "openmoji_t2i_r1")
+
+
 def mini_rows(profile: str = "mini", seed: int | None = None) -> list[dict[str, Any]] | None:
     """Part (c): teacher and students of the profile's finished manual / from-scratch / auto recipes (one row per
-    run, teacher first, each with its size relative to the teacher), or ``None`` when no recipe has finished."""
+    run, teacher first, each with its size and every metric relative to the teacher, and its training time), or
+    ``None`` when no recipe has finished."""
     rows: dict[str, dict[str, Any]] = {}
-    for kind in ("manual", "scratch", "auto"):
+    for kind in TABLE2_RECIPES:
         path = RECIPES_DIR / f"{profile}_{kind}.yaml"
         summaries = recipe_summaries(path, seed) if path.is_file() else None
         for summary in summaries or []:
@@ -152,11 +165,130 @@ def mini_rows(profile: str = "mini", seed: int | None = None) -> list[dict[str, 
                 "row": label, "model": summary["student"], "init": summary["init"],
                 "params_image_m": summary["params"]["vision"] / 1e6, "params_text_m": summary["params"]["text"] / 1e6,
                 "params_total_m": summary["params"]["total"] / 1e6, "samples": summary["samples"],
-                **_metric_columns(summary["metrics"]), "run": summary["run"]})
+                "train_min": summary.get("train_s", 0.0) / 60, **_metric_columns(summary["metrics"]),
+                "run": summary["run"]})
     if not rows:
         return None
     table = list(rows.values())
     teacher = next((r for r in table if r["row"] == "teacher"), None)
     for row in table:
         row["size_vs_teacher"] = row["params_total_m"] / teacher["params_total_m"] if teacher else None
+        for metric in METRICS:
+            if teacher and metric in row and teacher.get(metric):
+                row[f"{metric}_vs_teacher"] = row[metric] / teacher[metric]
     return table
+
+
+def auto_stage_rows(profile: str = "mini", seed: int | None = None) -> list[dict[str, Any]] | None:
+    """The auto chain's stages (paper §3.2): target / achieved sparsity against the original teacher, what CoFi's
+    per-group rounding of the same masks would have given, and the per-tower allocation (hidden width, heads,
+    FFN neurons and sub-layers kept, as a share of the teacher's), or ``None`` before the recipe finished."""
+    path = RECIPES_DIR / f"{profile}_auto.yaml"
+    summaries = recipe_summaries(path, seed) if path.is_file() else None
+    if not summaries:
+        return None
+    rows = []
+    for summary in summaries:
+        if summary.get("kind") != "auto":
+            continue
+        auto, arch = summary["auto"], summary["architecture"]
+        row = {"stage": summary["stage_name"], "target_sparsity": auto["target_sparsity"],
+               "achieved_sparsity": auto["achieved_sparsity"], "expected_sparsity_at_prune": auto["expected_sparsity"],
+               "cofi_rounding_sparsity": auto.get("cofi_sparsity"), "params_m": auto["params"] / 1e6}
+        for tower in ("vision", "text"):
+            t = arch[tower]
+            layers = t["layers"]
+            row[f"{tower}_hidden"] = f"{t['hidden']}/{t['hidden_original']}"
+            row[f"{tower}_heads"] = f"{sum(l['heads'] for l in layers)}/{sum(l['heads_original'] for l in layers)}"
+            row[f"{tower}_ffn"] = f"{sum(l['mlp'] for l in layers)}/{sum(l['mlp_original'] for l in layers)}"
+            row[f"{tower}_sublayers_dropped"] = sum(l["attn_dropped"] + l["mlp_dropped"] for l in layers)
+            row[f"{tower}_params_m"] = t["params"] / 1e6
+        rows.append(row)
+    return rows
+
+
+def teacher_routes(profile: str = "mini", seed: int | None = None) -> list[dict[str, Any]]:
+    """The teacher routes of DESIGN.md §5 with what each reached: the LiT teacher (pretrained PyPI towers +
+    trained heads), the mini teacher distilled from it (``{profile}_teacher.yaml``) and the same teacher trained
+    from scratch (``{profile}_teacher_scratch.yaml``); rows only for what has been built or finished."""
+    import json as _json
+
+    from .lit import default_out_dir
+
+    rows = []
+    recipe = load_recipe(RECIPES_DIR / f"{profile}_teacher.yaml", seed=seed) \
+        if (RECIPES_DIR / f"{profile}_teacher.yaml").is_file() else None
+    if recipe is not None and recipe.teacher.kind == "lit":
+        summary_path = default_out_dir(profile, recipe.teacher.lit["image_size"]) / "summary.json"
+        if summary_path.is_file():
+            lit = _json.loads(summary_path.read_text())
+            if lit.get("eval"):
+                rows.append({"route": f"LiT teacher ({lit['towers']}, {lit['image_size']} px; frozen towers)",
+                             "model": "LiT", **_metric_columns(lit["eval"])})
+    for name, route in ((f"{profile}_teacher.yaml", "mini teacher: contrastive + affinity mimicking of LiT"),
+                        (f"{profile}_teacher_scratch.yaml", "mini teacher: contrastive only (from scratch)")):
+        path = RECIPES_DIR / name
+        summaries = recipe_summaries(path, seed) if path.is_file() else None
+        if summaries:
+            s = summaries[-1]
+            rows.append({"route": route, "model": s["student"], "samples": s["samples"],
+                         "train_min": s.get("train_s", 0.0) / 60, **_metric_columns(s["metrics"]), "run": s["run"]})
+    return rows
+
+
+# ------------------------------------------------------------------------------------------- the whole job
+
+
+def table2_recipes(profile: str) -> list[Path]:
+    """The recipes behind part (c) for a profile (those that exist): manual chain, from-scratch, auto chain."""
+    return [p for p in (RECIPES_DIR / f"{profile}_{kind}.yaml" for kind in TABLE2_RECIPES) if p.is_file()]
+
+
+def reproduce(profile: str = "mini", *, parallel: int | None = None, train: bool = True) -> Path:
+    """``make reproduce-table2``: build the profile's data set, train its Table 2 recipes (teacher, manual chain,
+    from-scratch student, auto chain; finished runs are reused, so a second call only re-renders), then render
+    ``reports/table2.html``. Interrupted runs resume from their last checkpoint. The paper profile trains nothing here (its data and teacher are the user's: run its
+    recipes with torchrun) and renders the published and paper-scale parts."""
+    import sys
+
+    from .train import run_many
+
+    if train and profile != "paper":
+        from .data.build import build
+
+        build(profile)
+        # one process per recipe by default: on 2 cores three single-thread jobs side by side finished the mini
+        # recipes in about the sum of their CPU time / 2, while two slots waited on the longest pair of jobs
+        recipes = table2_recipes(profile)
+        parallel = parallel or len(recipes)
+        started = time.time()
+        print(f"training {len(recipes)} recipes of the {profile} profile, {parallel} in parallel (finished runs "
+              f"are reused): {', '.join(p.name for p in recipes)}", file=sys.stderr, flush=True)
+        results = run_many(recipes, parallel=parallel, resume=True, threads=max(1, (os.cpu_count() or 2) // parallel),
+                           on_done=lambda r: print(f"  {Path(r['recipe']).name}: "
+                                                   f"{'done' if r['returncode'] == 0 else 'FAILED'} after "
+                                                   f"{time.time() - started:.0f} s", file=sys.stderr, flush=True))
+        failed = [r for r in results if r["returncode"] != 0]
+        if failed:
+            raise TinyCLIPError(f"recipe {failed[0]['recipe']} failed: {failed[0]['error']}")
+    elif profile == "paper":
+        print("paper profile: part (c) reads finished runs of recipes/paper_*.yaml (train them with torchrun on "
+              "GPUs with LAION/YFCC shards and a ViT-B/32 checkpoint); rendering parts (a) and (b)", file=sys.stderr)
+    from .report import render
+
+    return render("table2", profile)
+
+
+def _cmd_reproduce(args) -> int:
+    out = reproduce(args.profile, parallel=args.parallel, train=not args.no_train)
+    print(json.dumps({"report": str(out), "profile": args.profile}))
+    return 0
+
+
+def add_cli(subparsers) -> None:
+    parser = subparsers.add_parser("reproduce-table2", help="data, the Table 2 recipes, and reports/table2.html")
+    parser.add_argument("--profile", default="mini", choices=["smoke", "mini", "paper"])
+    parser.add_argument("--parallel", type=int, default=None,
+                        help="recipes trained side by side (default: all of them, one torch thread each)")
+    parser.add_argument("--no-train", action="store_true", help="only render what has finished")
+    parser.set_defaults(func=_cmd_reproduce)

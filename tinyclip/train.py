@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import json
 import logging
 import math
@@ -54,17 +55,20 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from tqdm.auto import tqdm
 
 from .errors import TinyCLIPError, one_line
 from .inherit.auto import AutoInheritSpec, MaskedCLIP, MaskOptimizer
 from .pruned import PrunedCLIP, PrunedConfig, param_counts, pruned_architecture, save_pruned, to_pruned
-from .recipe import (Recipe, StageSpec, check_inputs, load_recipe, resolve_device, resolve_recipe,
+from .recipe import (Recipe, StageSpec, check_inputs, lit_cache_dir, load_recipe, resolve_device, resolve_recipe,
                      teacher_recipe)
 from .runs import Run, config_hash, runs_root
 
 if TYPE_CHECKING:
     from .teacher_cache import TeacherEmbeddingCache
+
+log = logging.getLogger(__name__)
 
 
 # ============================================================================================== one stage
@@ -130,7 +134,7 @@ def train_stage(run: Run, stage: StageSpec, *, seed: int, teacher: "Teacher | No
 
     # -- AdamW with the official weight-decay grouping; lr: linear warm-up then cosine -------------------------
     precision = cfg["precision"]
-    autocast = _autocast(precision, device)
+    autocast = _forward_context(precision, device)
     scaler = torch.amp.GradScaler("cuda", enabled=precision == "amp")
     model, optimizer, params = _optimisation(masked or student, loss_fn, stage, cfg, world, device)
     mask_optimizer = MaskOptimizer(masked) if masked is not None else None  # descent on log-α, ascent on λ
@@ -164,14 +168,14 @@ def train_stage(run: Run, stage: StageSpec, *, seed: int, teacher: "Teacher | No
         # 1. teacher: embeddings from the cache, or a frozen forward pass (no gradients)
         t_image = t_text = t_scale = None
         if teacher is not None:
-            with autocast:
+            with autocast():
                 t_image, t_text, t_scale = teacher.embed(images, tokens, sample_ids)
             if fixed_scale:
                 t_scale = torch.tensor(stage.logit_scale["value"], device=device)
 
         # 2. student forward + distillation loss (the loss runs in fp32 whatever the autocast); in the mask
         #    phase the forward samples the gates and the Lagrangian sparsity term is added (paper §3.2)
-        with autocast:
+        with autocast():
             out = model(images, tokens, t_image, t_text, t_scale)
         if masked is not None:
             lagrangian, sparsity_logs = masked.sparsity_loss(step)
@@ -209,7 +213,8 @@ def train_stage(run: Run, stage: StageSpec, *, seed: int, teacher: "Teacher | No
             record.update({k: float(v) for k, v in sparsity_logs.items()})
         if world.is_main and (done % stage.log_every == 0 or done == stage.steps):
             if masked is not None:  # the size the prune would give now (0/1 masks)
-                record["deterministic_sparsity"] = 1 - masked.deterministic_params()["total"] / masked.reference_params
+                for rule in ("deterministic", "cofi"):  # the size the prune gives now, and CoFi's rounding
+                    record[f"{rule}_sparsity"] = 1 - masked.deterministic_params(rule)["total"] / masked.reference_params
             record["samples_per_s"] = round((done - logged_step) * stage.batch / max(time.time() - t_last, 1e-9), 2)
             t_last, logged_step = time.time(), done
             run.append_metrics(record)
@@ -320,6 +325,8 @@ def _prune(masked: MaskedCLIP, images: torch.Tensor, tokens: torch.Tensor, spec:
     counts = param_counts(pruned)
     report = {"step": step, "target_sparsity": spec.target_sparsity,
               "achieved_sparsity": 1 - counts["total"] / masked.reference_params, "expected_sparsity": expected,
+              "deterministic": spec.deterministic,
+              "cofi_sparsity": 1 - masked.deterministic_params("cofi")["total"] / masked.reference_params,
               "params": counts["total"], "reference_params": masked.reference_params,
               "pruned_vs_masked_max_abs_diff": diff, "config": pruned.config.to_dict()}
     return pruned, report
@@ -360,13 +367,22 @@ def param_groups(model: nn.Module, weight_decay: float, skip: set[int] = frozens
     return [{"params": plain, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
 
 
-def _autocast(precision: str, device: str) -> contextlib.AbstractContextManager:
+def _forward_context(precision: str, device: str) -> Callable[[], contextlib.AbstractContextManager]:
+    """A factory of the forward pass's context: autocast for amp / bf16 and, on CPU, the plain ("math")
+    attention kernel. The fused CPU flash-attention kernel's backward took half of a mini-teacher bf16 step
+    (1.6 of 3.2 s); the math kernel doubles the step rate (benchmarks/bench_distill_step.py)."""
     device_type = "cuda" if device.startswith("cuda") else "cpu"
-    if precision == "amp":
-        return torch.autocast(device_type, dtype=torch.float16)
-    if precision == "bf16":
-        return torch.autocast(device_type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    dtype = {"amp": torch.float16, "bf16": torch.bfloat16}.get(precision)
+
+    @contextlib.contextmanager
+    def context():
+        with contextlib.ExitStack() as stack:
+            if dtype is not None:
+                stack.enter_context(torch.autocast(device_type, dtype=dtype))
+            if device_type == "cpu":
+                stack.enter_context(sdpa_kernel(SDPBackend.MATH))
+            yield
+    return context
 
 
 def _global_mean(values: dict[str, torch.Tensor], world: World) -> dict[str, float]:
@@ -431,7 +447,7 @@ def load_teacher_model(recipe: Recipe, device: str, *, world: World, resume: boo
     from .export import load_open_clip_dir
 
     spec = recipe.teacher
-    if spec.kind in ("none", "embeddings"):
+    if spec.kind in ("none", "embeddings", "lit"):
         return None
     if spec.kind == "train":
         summaries = run_recipe(teacher_recipe(recipe), resume=resume, world=world)
@@ -491,6 +507,7 @@ def run_recipe(recipe: Recipe, *, resume: bool = False, force: bool = False, sta
 
     world = world or init_world()
     check_inputs(recipe)
+    build_lit_teachers(recipe, world)
     last = recipe.stage_index(stage) if stage is not None else len(recipe.stages) - 1
     device = resolve_device(recipe.device)
     configs = resolve_recipe(recipe, device=device, world_size=world.world_size)
@@ -556,6 +573,28 @@ def run_recipe(recipe: Recipe, *, resume: bool = False, force: bool = False, sta
                                   device=run_device, resume=resume, on_step=on_step)
             summaries.append({**summary, "reused": False})
     return summaries
+
+
+def build_lit_teachers(recipe: Recipe, world: World) -> None:
+    """Build the LiT teacher (:mod:`tinyclip.lit`) of this recipe, or of the recipe that trains its teacher, when
+    its embedding cache is missing: the run identities name the cache, so it must exist before they resolve."""
+    if recipe.teacher.kind == "train":
+        build_lit_teachers(teacher_recipe(recipe), world)
+    if recipe.teacher.kind != "lit":
+        return
+    path = lit_cache_dir(recipe)
+    if world.is_main and not path.is_dir():
+        from .lit import build_lit_teacher
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path.parent / ".lock", "w") as handle:  # parallel recipes sharing the teacher wait here
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            if not path.is_dir():
+                log.info("building the LiT teacher of %s (once): %s", recipe.name, path.parent)
+                build_lit_teacher(recipe.teacher.lit["profile"], image_size=recipe.teacher.lit["image_size"],
+                                  out_dir=path.parent, teacher_cache_views=recipe.stages[0].data.fixed_views,
+                                  progress=not _quiet())
+    world.barrier()
 
 
 def auto_student(source: nn.Module, teacher: nn.Module | None) -> PrunedCLIP:
@@ -641,9 +680,9 @@ def _make_teacher(recipe: Recipe, stage: StageSpec, run: Run, model: nn.Module |
 
     if recipe.teacher.kind == "none":
         return None
-    if recipe.teacher.kind == "embeddings":
-        cache = TeacherEmbeddingCache.open(recipe.teacher.embeddings, writable=False)
-        return Teacher(None, cache)
+    if recipe.teacher.kind in ("embeddings", "lit"):
+        path = recipe.teacher.embeddings if recipe.teacher.kind == "embeddings" else lit_cache_dir(recipe)
+        return Teacher(None, TeacherEmbeddingCache.open(path, writable=False))
     if not stage.teacher_cache:
         return Teacher(model)
     identity = {"teacher": run.config["teacher"], "data": run.config["data"],
@@ -696,7 +735,8 @@ def init_world() -> World:
 
 # ============================================================================================== parallel arms
 def run_many(recipes: Sequence[str | Path], seeds: Sequence[int | None] = (None,), *, parallel: int = 2,
-             threads: int = 1, resume: bool = False, force: bool = False) -> list[dict]:
+             threads: int = 1, resume: bool = False, force: bool = False,
+             on_done: Callable[[dict], None] | None = None) -> list[dict]:
     """Run every (recipe, seed) in its own process, ``parallel`` at a time with ``threads`` torch threads each.
 
     On 2 CPU cores two single-thread runs side by side gave ≈ 1.7× the throughput of one two-thread run. Each
@@ -704,7 +744,8 @@ def run_many(recipes: Sequence[str | Path], seeds: Sequence[int | None] = (None,
     (runs that two jobs share, e.g. a teacher, are trained once: the second waits on the run's lock). Results
     are bit-identical to a serial run *with the same thread count*; CPU kernels round differently with another
     number of threads, which the run identity deliberately ignores.
-    Returns one entry per job: ``{"recipe", "seed", "returncode", "stages"}`` (stages: the job's summaries).
+    Returns one entry per job: ``{"recipe", "seed", "returncode", "stages"}`` (stages: the job's summaries);
+    ``on_done(entry)`` is called as each job ends (progress lines).
     """
     jobs = [(str(r), s) for r in recipes for s in seeds]
 
@@ -719,7 +760,10 @@ def run_many(recipes: Sequence[str | Path], seeds: Sequence[int | None] = (None,
         lines = proc.stdout.strip().splitlines()
         stages = json.loads(lines[-1]) if proc.returncode == 0 and lines else None
         error = None if proc.returncode == 0 else (proc.stderr.strip().splitlines() or ["?"])[-1]
-        return {"recipe": recipe, "seed": seed, "returncode": proc.returncode, "stages": stages, "error": error}
+        entry = {"recipe": recipe, "seed": seed, "returncode": proc.returncode, "stages": stages, "error": error}
+        if on_done is not None:
+            on_done(entry)
+        return entry
 
     with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
         return list(pool.map(launch, jobs))
@@ -742,7 +786,7 @@ def _run_cli(args: argparse.Namespace, teacher_only: bool) -> int:
         return 0 if all(r["returncode"] == 0 for r in results) else 2
     _apply_threads(args.threads)
     recipe = load_recipe(recipes[0], seed=seeds[0])
-    if teacher_only and recipe.teacher.kind not in ("none", "embeddings"):
+    if teacher_only and recipe.teacher.kind not in ("none", "embeddings", "lit"):
         raise TinyCLIPError(f"recipe {recipe.name!r} distils from a teacher model; run it with `tinyclip distill`")
     world = init_world()
     summaries = run_recipe(recipe, resume=args.resume, force=args.force, stage=args.stage, world=world)

@@ -124,6 +124,9 @@ class AutoInheritSpec:
     towers: tuple[str, ...] = TOWERS
     reference_params: int | None = None  # original teacher size; None: taken from the student's config
     official_lagrangian: bool = False  # one-sided hinge, lambdas start at 10 (official code)
+    # deterministic masks: "target" keeps the gates with the largest log-alpha, ranked jointly over both towers,
+    # until the pruned size reaches the target; "cofi" keeps round(sum P(z != 0)) gates per group (official)
+    deterministic: str = "target"
 
     def __post_init__(self) -> None:
         self.towers = tuple(self.towers)
@@ -142,6 +145,8 @@ class AutoInheritSpec:
         for name in ("mask_lr", "lagrangian_lr"):
             if not getattr(self, name) > 0:
                 raise TinyCLIPError(f"auto inheritance: {name} must be positive (the ascent is explicit)")
+        if self.deterministic not in ("target", "cofi"):
+            raise TinyCLIPError(f"auto inheritance: deterministic={self.deterministic!r} must be 'target' or 'cofi'")
         if self.reference_params is not None and self.reference_params < 1:
             raise TinyCLIPError("auto inheritance: reference_params must be a positive parameter count")
 
@@ -480,8 +485,56 @@ class MaskedCLIP(nn.Module):
             return None
         masks = self.masks[tower]
         mode = mode or ("sample" if self.training else "deterministic")
-        flat = {"sample": masks.sample, "deterministic": masks.deterministic, "prob": masks.probabilities}[mode]()
+        if mode == "deterministic":
+            return masks.gates(self.deterministic_masks()[tower])
+        flat = {"sample": masks.sample, "cofi": masks.deterministic, "prob": masks.probabilities}[mode]()
         return masks.gates(flat)
+
+    @torch.no_grad()
+    def deterministic_masks(self) -> dict[str, torch.Tensor]:
+        """The 0/1 masks that eval mode and :meth:`prune` use, per tower (flat, as :class:`TowerMasks` lays out).
+
+        ``spec.deterministic == "cofi"``: per group the round(sum P(z != 0)) gates with the largest log-alpha
+        (CoFi / official); the size then follows the learned expectation only as closely as the mask phase
+        converged. ``"target"`` (default): every gate of both towers ranked by log-alpha, and the top k kept
+        (each tower's best hidden channel always), k the count whose pruned size is closest to the target; the
+        size is monotone in k, so a binary search finds it. The learned ranking decides *what* is pruned, the
+        stage's target *how much*: short mask phases (the mini recipes) end with the expectation near the
+        target but rounded masks far from it."""
+        if self.spec.deterministic == "cofi":
+            return {t: m.deterministic() for t, m in self.masks.items()}
+        towers = list(self.masks)
+        alphas = torch.cat([self.masks[t].log_alpha.detach() for t in towers])
+        sizes = [self.masks[t].numel for t in towers]
+        starts = [sum(sizes[:i]) for i in range(len(towers))]
+        order = torch.argsort(alphas, descending=True, stable=True)
+        forced = torch.zeros_like(alphas)
+        for t, start in zip(towers, starts):  # a tower keeps at least its best hidden channel
+            forced[start + int(self.masks[t].log_alpha[: self.masks[t].width].argmax())] = 1.0
+        fixed = sum(float(self._fixed_params[t]) for t in self.config.towers() if t not in self.masks)
+        towers_cfg = self.config.towers()
+
+        def split(k: int) -> dict[str, torch.Tensor]:
+            flat = forced.clone()
+            flat[order[:k]] = 1.0
+            return {t: flat[start:start + n] for t, start, n in zip(towers, starts, sizes)}
+
+        def size(k: int) -> float:
+            masks = split(k)
+            return fixed + sum(float(expected_tower_params(towers_cfg[t], self.config.embed_dim,
+                                                           self.masks[t].gates(masks[t]))) for t in towers)
+
+        target = (1 - self.spec.target_sparsity) * self.reference_params
+        lo, hi = 0, len(alphas)  # the smallest k with size(k) >= target (or all gates)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if size(mid) >= target:
+                hi = mid
+            else:
+                lo = mid + 1
+        if lo > 0 and abs(size(lo - 1) - target) < abs(size(lo) - target):
+            lo -= 1
+        return split(lo)
 
     def encode_image(self, image: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         gates = self.gates("vision")
@@ -542,9 +595,11 @@ class MaskedCLIP(nn.Module):
         """p = 1 - E[remaining params] / reference (joint over both towers)."""
         return 1 - self.expected_params() / self.reference_params
 
-    def deterministic_params(self) -> dict[str, int]:
-        """Parameter counts of the model :meth:`prune` would return (same formula, 0/1 masks)."""
-        counts = {k: int(round(float(v))) for k, v in self._tower_params("deterministic").items()}
+    def deterministic_params(self, mode: str = "deterministic") -> dict[str, int]:
+        """Parameter counts of the model :meth:`prune` would return (same formula, 0/1 masks); ``mode="cofi"``:
+        with CoFi's per-group rounding instead (logged next to it: how far the learned masks are from the
+        target on their own)."""
+        counts = {k: int(round(float(v))) for k, v in self._tower_params(mode).items()}
         counts["total"] = counts["vision"] + counts["text"]
         return counts
 
