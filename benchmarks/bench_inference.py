@@ -2,6 +2,7 @@
 
     python benchmarks/bench_inference.py --set table2 --out benchmarks/results/inference_table2_cpu.json
     python benchmarks/bench_inference.py --set mini --device cuda --amp     # where a GPU is at hand
+    python benchmarks/bench_inference.py --set mini --pruned A50=runs/<hash>/model   # + a trained auto student
 
 Random weights (throughput does not depend on their values). Models are timed side by side in one process,
 interleaved round by round; report the ratios, not the absolute numbers, on a noisy machine.
@@ -18,6 +19,7 @@ import torch
 
 import tinyclip  # noqa: F401  (registers the configs)
 from tinyclip import zoo
+from tinyclip.pruned import PrunedCLIP, load_pruned
 from tinyclip.throughput import throughput_table
 
 SETS = {
@@ -38,6 +40,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--amp", action="store_true", help="autocast (fp16 on CUDA, bf16 on CPU)")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--pruned", nargs="*", default=[], metavar="LABEL=DIR",
+                        help="also time trained pruned students (tinyclip.pruned folders, e.g. a mini auto run's "
+                             "model/), against the set's first teacher")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     if args.threads:
@@ -46,9 +51,15 @@ def main() -> None:
     rows = []
     for teacher, names in SETS[args.set].items():
         models = {name: open_clip.create_model(name) for name in names}
+        if teacher == next(iter(SETS[args.set])):
+            for item in args.pruned:
+                label, _, folder = item.partition("=")
+                models[label] = load_pruned(folder)
+        names = list(models)
         speed = throughput_table(models, batch_size=args.batch_size, rounds=args.rounds, device=args.device,
                                  amp=args.amp)
-        macs = {name: zoo.count_macs(zoo.build_shape_model(name))["total"] for name in names}
+        macs = {name: zoo.count_macs(models[name] if isinstance(models[name], PrunedCLIP)
+                                     else zoo.build_shape_model(name))["total"] for name in names}
         for name in names:
             rows.append({"model": name, "teacher": teacher, **speed[name], "macs_g": macs[name] / 1e9,
                          "speedup_vs_teacher": speed[name]["pairs_per_s"] / speed[teacher]["pairs_per_s"],
