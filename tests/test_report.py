@@ -59,3 +59,38 @@ def test_mini_rows_reads_finished_runs_by_recipe_hash(tmp_path, monkeypatch):
     assert [r["row"] for r in rows] == ["teacher", "manual: S75", "manual: S50"]
     assert rows[2]["size_vs_teacher"] == 0.5 and rows[1]["fmnist_prompted_acc1"] == 50.0
     assert rows[1]["tux_i2t_r1"] == 25.0 and rows[1]["tux_t2i_r1"] == 12.5
+
+
+def test_reproduce_trains_every_table2_recipe_in_parallel_then_renders(monkeypatch, tmp_path):
+    """`make reproduce-table2` wiring: data build, the profile's Table 2 recipes side by side (resuming interrupted
+    runs), then the report; a failed recipe is a one-line error and nothing is rendered."""
+    import importlib
+
+    from tinyclip import train
+
+    build_module = importlib.import_module("tinyclip.data.build")  # the module (tinyclip.data.build is the function)
+
+    calls = {}
+    monkeypatch.setattr(build_module, "build", lambda profile: calls.setdefault("build", profile))
+
+    def fake_run_many(recipes, *, parallel, resume, threads, on_done):
+        calls["run_many"] = ([p.name for p in recipes], parallel, resume, threads)
+        results = [{"recipe": str(p), "returncode": 0, "error": None} for p in recipes]
+        for r in results:
+            on_done(r)
+        return results
+
+    monkeypatch.setattr(train, "run_many", fake_run_many)
+    monkeypatch.setattr(report, "render", lambda name, profile: tmp_path / f"{name}-{profile}.html")
+    assert table2.reproduce("smoke") == tmp_path / "table2-smoke.html"
+    assert calls["build"] == "smoke"
+    names, parallel, resume, threads = calls["run_many"]
+    assert names == ["smoke_manual.yaml", "smoke_auto.yaml"] and parallel == 2 and resume and threads >= 1
+
+    monkeypatch.setattr(train, "run_many", lambda recipes, **kw: [
+        {"recipe": str(recipes[0]), "returncode": 2, "error": "error: boom"}])
+    with pytest.raises(TinyCLIPError, match="smoke_manual.yaml failed: error: boom"):
+        table2.reproduce("smoke")
+    calls.clear()
+    table2.reproduce("paper")  # nothing to train: renders parts (a) and (b)
+    assert "run_many" not in calls and "build" not in calls
