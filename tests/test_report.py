@@ -94,3 +94,17 @@ def test_reproduce_trains_every_table2_recipe_in_parallel_then_renders(monkeypat
     calls.clear()
     table2.reproduce("paper")  # nothing to train: renders parts (a) and (b)
     assert "run_many" not in calls and "build" not in calls
+
+
+def test_mini_findings_state_the_half_size_results():
+    rows = [{"row": "teacher", "params_total_m": 13.0, "size_vs_teacher": 1.0, "samples": 100, "fmnist_prompted_acc1": 80.0},
+            {"row": "manual: S50", "params_total_m": 7.0, "size_vs_teacher": 0.54, "samples": 40, "fmnist_prompted_acc1": 72.0},
+            {"row": "scratch: S50-scratch", "params_total_m": 7.0, "size_vs_teacher": 0.54, "samples": 80,
+             "fmnist_prompted_acc1": 60.0},
+            {"row": "auto: A50", "params_total_m": 6.5, "size_vs_teacher": 0.5, "samples": 40, "fmnist_prompted_acc1": 74.0},
+            {"row": "manual: S75", "params_total_m": 9.9, "size_vs_teacher": 0.76, "samples": 40, "fmnist_prompted_acc1": 79.0}]
+    text = "\n".join(table2.mini_findings(rows))
+    assert "manual: S50 (7.00 M, 54 % of the teacher) keeps 90.0 %" in text and "S75" not in text
+    assert "(C2): +12.0 points" in text and "2x its stage's pairs" in text
+    assert "(C3): +2.0 points for the auto student (6.50 M vs 7.00 M)" in text
+    assert table2.mini_findings(rows[1:]) == []  # no teacher row: nothing to compare with

@@ -179,6 +179,30 @@ def mini_rows(profile: str = "mini", seed: int | None = None) -> list[dict[str, 
     return table
 
 
+def mini_findings(rows: list[dict[str, Any]], metric: str = "fmnist_prompted_acc1") -> list[str]:
+    """Plain sentences stating part (c)'s results on ``metric`` (from :func:`mini_rows`): what the ≈50 % students
+    keep of the teacher, inheritance vs the from-scratch student (claim C2), automatic vs manual (claim C3)."""
+    by_row = {r["row"]: r for r in rows}
+    teacher = by_row.get("teacher")
+    if teacher is None or metric not in teacher:
+        return []
+    half = [r for r in rows if r["row"] != "teacher" and r.get("size_vs_teacher") and r["size_vs_teacher"] < 0.6]
+    out = [f"{r['row']} ({r['params_total_m']:.2f} M, {100 * r['size_vs_teacher']:.0f} % of the teacher) keeps "
+           f"{100 * r[metric] / teacher[metric]:.1f} % of the teacher's score ({r[metric]:.1f} vs {teacher[metric]:.1f})."
+           for r in half if metric in r]
+    manual = next((r for r in half if r["row"].startswith("manual")), None)
+    scratch = next((r for r in half if r["row"].startswith("scratch")), None)
+    auto = next((r for r in half if r["row"].startswith("auto")), None)
+    if manual and scratch:
+        out.append(f"Inheritance vs random initialisation (C2): {manual[metric] - scratch[metric]:+.1f} points for the "
+                   f"inherited student, the from-scratch one trained on {scratch['samples'] / manual['samples']:.0f}x "
+                   "its stage's pairs.")
+    if manual and auto:
+        out.append(f"Automatic vs manual inheritance (C3): {auto[metric] - manual[metric]:+.1f} points for the auto "
+                   f"student ({auto['params_total_m']:.2f} M vs {manual['params_total_m']:.2f} M).")
+    return out
+
+
 def auto_stage_rows(profile: str = "mini", seed: int | None = None) -> list[dict[str, Any]] | None:
     """The auto chain's stages (paper §3.2): target / achieved sparsity against the original teacher, what CoFi's
     per-group rounding of the same masks would have given, and the per-tower allocation (hidden width, heads,
