@@ -1,4 +1,6 @@
 """Reports: papermill execution + HTML rendering without input cells (the Table 2 notebook, smoke profile)."""
+from pathlib import Path
+
 import pytest
 
 from tinyclip import report, table2
@@ -73,7 +75,10 @@ def test_reproduce_trains_every_table2_recipe_in_parallel_then_renders(monkeypat
     calls = {}
     monkeypatch.setattr(build_module, "build", lambda profile: calls.setdefault("build", profile))
 
-    def fake_run_many(recipes, *, parallel, resume, threads, on_done):
+    def fake_run_many(recipes, *, parallel, resume, threads, on_done=None):
+        if len(recipes) == 1 and "teacher" in str(recipes[0]):
+            calls["teacher"] = (Path(recipes[0]).name, parallel, threads)
+            return [{"recipe": str(recipes[0]), "returncode": 0, "error": None}]
         calls["run_many"] = ([p.name for p in recipes], parallel, resume, threads)
         results = [{"recipe": str(p), "returncode": 0, "error": None} for p in recipes]
         for r in results:
@@ -86,9 +91,10 @@ def test_reproduce_trains_every_table2_recipe_in_parallel_then_renders(monkeypat
     assert calls["build"] == "smoke"
     names, parallel, resume, threads = calls["run_many"]
     assert names == ["smoke_manual.yaml", "smoke_auto.yaml"] and parallel == 2 and resume and threads >= 1
+    assert calls["teacher"][0] == "smoke_teacher.yaml" and calls["teacher"][1] == 1  # first, alone
 
     monkeypatch.setattr(train, "run_many", lambda recipes, **kw: [
-        {"recipe": str(recipes[0]), "returncode": 2, "error": "error: boom"}])
+        {"recipe": str(recipes[0]), "returncode": 0 if "teacher" in str(recipes[0]) else 2, "error": "error: boom"}])
     with pytest.raises(TinyCLIPError, match="smoke_manual.yaml failed: error: boom"):
         table2.reproduce("smoke")
     calls.clear()

@@ -286,6 +286,13 @@ def reproduce(profile: str = "mini", *, parallel: int | None = None, train: bool
         recipes = table2_recipes(profile)
         parallel = parallel or len(recipes)
         started = time.time()
+        # the teacher they share (and the LiT teacher it mimics) first, alone, with every core
+        teachers = sorted({str(teacher_recipe(r).path) for r in map(load_recipe, recipes) if r.teacher.kind == "train"})
+        for path in teachers:
+            print(f"teacher {Path(path).name} (trained once, then reused)", file=sys.stderr, flush=True)
+            done = run_many([path], parallel=1, resume=True, threads=os.cpu_count() or 1)[0]
+            if done["returncode"] != 0:
+                raise TinyCLIPError(f"teacher recipe {path} failed: {done['error']}")
         print(f"training {len(recipes)} recipes of the {profile} profile, {parallel} in parallel (finished runs "
               f"are reused): {', '.join(p.name for p in recipes)}", file=sys.stderr, flush=True)
         results = run_many(recipes, parallel=parallel, resume=True, threads=max(1, (os.cpu_count() or 2) // parallel),
