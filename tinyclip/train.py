@@ -754,12 +754,16 @@ def run_many(recipes: Sequence[str | Path], seeds: Sequence[int | None] = (None,
         cmd = [sys.executable, "-m", "tinyclip", "distill", "--recipe", recipe, "--threads", str(threads)]
         cmd += (["--seed", str(seed)] if seed is not None else []) + (["--resume"] if resume else [])
         cmd += ["--force"] if force else []
+        # one job at a time shows its progress bars; side by side they would interleave, so they are silenced
+        alone = parallel <= 1 or len(jobs) == 1
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
-               "TINYCLIP_PROGRESS": "0"}
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+               **({} if alone else {"TINYCLIP_PROGRESS": "0"})}
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=None if alone else subprocess.PIPE, text=True,
+                              env=env)
         lines = proc.stdout.strip().splitlines()
         stages = json.loads(lines[-1]) if proc.returncode == 0 and lines else None
-        error = None if proc.returncode == 0 else (proc.stderr.strip().splitlines() or ["?"])[-1]
+        error = None if proc.returncode == 0 else (
+            "see its messages above" if alone else (proc.stderr.strip().splitlines() or ["?"])[-1])
         entry = {"recipe": recipe, "seed": seed, "returncode": proc.returncode, "stages": stages, "error": error}
         if on_done is not None:
             on_done(entry)
