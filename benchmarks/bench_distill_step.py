@@ -27,8 +27,8 @@ no evaluation) over batches ``0 .. warmup+steps-1``: a stage parsed by :func:`ti
 resolved config, the trainer's ``PairSource``, ``Teacher`` (with or without the cache) and the same starting
 weights. The data source is wrapped to stamp each batch request; step ``i`` lasts from its batch request to the
 trainer's ``on_step`` hook at its end (its per-step bookkeeping included), the batch fetch being its data part.
-``tinyclip_cached_default_attention`` swaps ``tinyclip.train._forward_context`` for plain autocast, so torch
-picks its default (fused flash) CPU attention kernel.
+``tinyclip_cached_default_attention`` runs ``tinyclip.train._forward_context`` with ``math_attention=False``
+(autocast only), so torch picks its default (fused flash) CPU attention kernel.
 
 How open_clip_train is measured. ``open_clip_train.main.train_one_epoch`` is wrapped so that, before the epoch
 starts, the train ``DataInfo``'s ``dataloader`` is replaced by a transparent proxy that stamps the time (wall
@@ -63,9 +63,9 @@ numbers. Writes JSON to ``--out`` (default ``runs/bench/distill_step_<set>.json`
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import datetime as _dt
+import functools
 import json
 import logging
 import math
@@ -170,9 +170,7 @@ def _time_stage(run_root: Path, stage, cfg: dict, student: torch.nn.Module, teac
 
     previous, previous_root = train._forward_context, os.environ.get("TINYCLIP_RUNS_ROOT")
     if default_attention:  # autocast only: torch picks the attention kernel (the trainer forces math on CPU)
-        dtype = {"amp": torch.float16, "bf16": torch.bfloat16}.get(cfg["precision"])
-        train._forward_context = lambda precision, dev: (
-            (lambda: torch.autocast(dev.split(":")[0], dtype=dtype)) if dtype else contextlib.nullcontext)
+        train._forward_context = functools.partial(previous, math_attention=False)
     try:
         os.environ["TINYCLIP_RUNS_ROOT"] = str(run_root)
         run = Run(cfg, labels={"benchmark": "distill_step", "stage": stage.name})

@@ -235,8 +235,6 @@ def teacher_routes(profile: str = "mini", seed: int | None = None) -> list[dict[
     """The teacher routes of DESIGN.md §5 with what each reached: the LiT teacher (pretrained PyPI towers +
     trained heads), the mini teacher distilled from it (``{profile}_teacher.yaml``) and the same teacher trained
     from scratch (``{profile}_teacher_scratch.yaml``); rows only for what has been built or finished."""
-    import json as _json
-
     from .lit import default_out_dir
 
     rows = []
@@ -245,7 +243,7 @@ def teacher_routes(profile: str = "mini", seed: int | None = None) -> list[dict[
     if recipe is not None and recipe.teacher.kind == "lit":
         summary_path = default_out_dir(profile, recipe.teacher.lit["image_size"]) / "summary.json"
         if summary_path.is_file():
-            lit = _json.loads(summary_path.read_text())
+            lit = json.loads(summary_path.read_text())
             if lit.get("eval"):
                 rows.append({"route": f"LiT teacher ({lit['towers']}, {lit['image_size']} px; frozen towers)",
                              "model": "LiT", **_metric_columns(lit["eval"])})

@@ -367,10 +367,12 @@ def param_groups(model: nn.Module, weight_decay: float, skip: set[int] = frozens
     return [{"params": plain, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
 
 
-def _forward_context(precision: str, device: str) -> Callable[[], contextlib.AbstractContextManager]:
+def _forward_context(precision: str, device: str,
+                     math_attention: bool = True) -> Callable[[], contextlib.AbstractContextManager]:
     """A factory of the forward pass's context: autocast for amp / bf16 and, on CPU, the plain ("math")
     attention kernel. The fused CPU flash-attention kernel's backward took half of a mini-teacher bf16 step
-    (1.6 of 3.2 s); the math kernel doubles the step rate (benchmarks/bench_distill_step.py)."""
+    (1.6 of 3.2 s); the math kernel doubles the step rate (benchmarks/bench_distill_step.py, which sets
+    ``math_attention=False`` to measure torch's default kernel)."""
     device_type = "cuda" if device.startswith("cuda") else "cpu"
     dtype = {"amp": torch.float16, "bf16": torch.bfloat16}.get(precision)
 
@@ -379,7 +381,7 @@ def _forward_context(precision: str, device: str) -> Callable[[], contextlib.Abs
         with contextlib.ExitStack() as stack:
             if dtype is not None:
                 stack.enter_context(torch.autocast(device_type, dtype=dtype))
-            if device_type == "cpu":
+            if device_type == "cpu" and math_attention:
                 stack.enter_context(sdpa_kernel(SDPBackend.MATH))
             yield
     return context
