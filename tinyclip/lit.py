@@ -854,9 +854,15 @@ def make_teacher_cache(embeddings_path: str | Path, data_dir: str | Path, out: s
 # Everything, idempotently
 # ---------------------------------------------------------------------------------------------------------
 
-def default_out_dir(profile: str, image_size: int) -> Path:
+def default_out_dir(profile: str, image_size: int, data_root: str | Path | None = None) -> Path:
+    """``runs/lit/<profile>-<size>px-<data digest>``: a rebuilt data set with other content gets its own LiT
+    teacher (features, heads, embedding cache) instead of being served the old one's embeddings."""
+    from .data.build import data_digest
+    from .data.profiles import profile_dir
     from .runs import runs_root
-    return runs_root() / "lit" / f"{profile}-{image_size}px"
+
+    digest = data_digest(profile_dir(profile, data_root)) or "unbuilt"
+    return runs_root() / "lit" / f"{profile}-{image_size}px-{digest}"
 
 
 def _data_fingerprint(data_dir: Path) -> str:
@@ -864,7 +870,9 @@ def _data_fingerprint(data_dir: Path) -> str:
     if not stamp.is_file():
         raise TinyCLIPError(f"no built data set at {data_dir} (missing build.json); run "
                             f"`tinyclip data build --profile {data_dir.name}` first")
-    return str(json.loads(stamp.read_text()).get("fingerprint"))
+    built = json.loads(stamp.read_text())
+    # the build settings and the digest of the built content: a rebuild with other bytes is another data set
+    return f"{built.get('fingerprint')}-{built.get('content')}"
 
 
 def build_lit_teacher(profile: str = "mini", data_root: str | Path | None = None, out_dir: str | Path | None = None,

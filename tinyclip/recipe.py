@@ -567,7 +567,10 @@ def teacher_identity(recipe: Recipe, *, device: str, world_size: int) -> dict[st
             raise TinyCLIPError(f"the LiT teacher of recipe {recipe.name!r} is not built yet ({path}); "
                                 "train the recipe to build it")
         return {"kind": "embeddings", "cache": TeacherEmbeddingCache.open(path).cache_id}
-    return {"kind": "model", **model_identity(spec.model, spec.weights)}
+    ident = {"kind": "model", **model_identity(spec.model, spec.weights)}
+    if spec.weights is None:  # randomly initialised teacher: its weights are a function of the recipe's seed
+        ident["random_init_seed"] = recipe.seed
+    return ident
 
 
 def model_identity(model: str, weights: str | None) -> dict[str, Any]:
@@ -599,7 +602,9 @@ def data_identity(data: DataSpec) -> dict[str, Any]:
         del ident["workers"]  # a stream's order depends on its loader workers; the in-memory loader's does not
     stamp = root / "build.json"  # written by `tinyclip data build` (smoke, mini)
     if stamp.is_file():
-        ident["fingerprint"] = json.loads(stamp.read_text()).get("fingerprint")
+        built = json.loads(stamp.read_text())
+        ident["fingerprint"] = built.get("fingerprint")
+        ident["content"] = built.get("content")  # digest of the built shards: a rebuild that differs is new data
     elif (root / "sizes.json").is_file():  # user-supplied webdataset shards (paper profile)
         ident["fingerprint"] = file_digest(root / "sizes.json")[:16]
     return ident

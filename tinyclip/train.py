@@ -569,7 +569,10 @@ def run_recipe(recipe: Recipe, *, resume: bool = False, force: bool = False, sta
             if key not in sources or spec.data.streamed:  # a chain's stages read the same data: decode it once
                 sources[key] = _data_source(spec, run.config, tokenizer, mean, std)
             data = sources[key]
-            teacher = _make_teacher(recipe, spec, run, teacher_model, data)
+            teacher = _make_teacher(recipe, spec, run, teacher_model, data,
+                                    preprocess={"mean": list(mean), "std": list(std),
+                                                "tokenizer": type(tokenizer).__name__,
+                                                "context_length": tokenizer.context_length})
             summary = train_stage(run, spec, seed=recipe.seed, teacher=teacher, student=student, data=data,
                                   evaluate=_evaluator(spec, tokenizer, run_device), world=world,
                                   device=run_device, resume=resume, on_step=on_step)
@@ -675,7 +678,8 @@ class StreamSource:
         raise TinyCLIPError(f"the shards in {Path(self.shards[0]).parent} yield no full batch of {batch_size}")
 
 
-def _make_teacher(recipe: Recipe, stage: StageSpec, run: Run, model: nn.Module | None, data: Any) -> Teacher | None:
+def _make_teacher(recipe: Recipe, stage: StageSpec, run: Run, model: nn.Module | None, data: Any,
+                  preprocess: dict[str, Any] | None = None) -> Teacher | None:
     """The stage's teacher: the model, the model behind a per-(sample, view) embedding cache shared by every run
     with the same teacher, data and numerics (``runs/teacher_cache/<hash>``), or a stored embedding set only."""
     from .teacher_cache import TeacherEmbeddingCache
@@ -687,9 +691,11 @@ def _make_teacher(recipe: Recipe, stage: StageSpec, run: Run, model: nn.Module |
         return Teacher(None, TeacherEmbeddingCache.open(path, writable=False))
     if not stage.teacher_cache:
         return Teacher(model)
+    # every input that changes an embedding: the teacher (its run, its weights' digest, or its seed when its
+    # weights are random), the data and views, the image size and normalisation, the tokenizer, the numerics
     identity = {"teacher": run.config["teacher"], "data": run.config["data"],
                 "image_size": run.config["student"]["model_cfg"]["vision_cfg"]["image_size"],
-                "precision": run.config["precision"], "device": run.config["device"]}
+                "preprocess": preprocess, "precision": run.config["precision"], "device": run.config["device"]}
     path = runs_root() / "teacher_cache" / config_hash(identity)
     cache = TeacherEmbeddingCache.open_or_create(
         path, ids=data.sample_ids(), dim=int(model.text_projection.shape[1]),

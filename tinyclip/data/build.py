@@ -64,10 +64,37 @@ def fingerprint(profile: DataProfile) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+# Files that describe a build rather than being its content (the card holds the build's wall time).
+_NOT_CONTENT = {"build.json", "card.json", "card.png"}
+
+
+def content_digest(folder: Path) -> str:
+    """SHA-256 over every data file of a built data set (relative path and bytes, in sorted order): the data
+    set's identity. Two builds with equal digests hold byte-identical shards, so runs keyed on it cannot be
+    confused with runs on a rebuilt, different data set (:func:`fingerprint` only names the build settings)."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name not in _NOT_CONTENT):
+        digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        digest.update(b"\0")
+    return digest.hexdigest()[:16]
+
+
+def data_digest(folder: Path) -> str | None:
+    """The content digest recorded in a built data set's ``build.json`` (``None`` when it has none)."""
+    try:
+        return json.loads((folder / "build.json").read_text()).get("content")
+    except (OSError, ValueError):
+        return None
+
+
 def is_built(out: Path, profile: DataProfile) -> bool:
     stamp = out / "build.json"
     try:
-        return json.loads(stamp.read_text())["fingerprint"] == fingerprint(profile)
+        built = json.loads(stamp.read_text())
+        return built["fingerprint"] == fingerprint(profile) and bool(built.get("content"))
     except (OSError, ValueError, KeyError):
         return False
 
@@ -375,8 +402,8 @@ def build(profile_name: str, out: str | Path | None = None, data_root: str | Pat
     (partial_dir / "card.json").write_text(json.dumps(card, indent=1, ensure_ascii=False) + "\n")
     render_card_figure(partial_dir, splits)
     (partial_dir / "build.json").write_text(json.dumps(
-        {"fingerprint": fingerprint(profile), "profile": profile.name, "format": DATA_FORMAT_VERSION,
-         "build_seconds": round(time.time() - t0, 1)}, indent=1) + "\n")
+        {"fingerprint": fingerprint(profile), "content": content_digest(partial_dir), "profile": profile.name,
+         "format": DATA_FORMAT_VERSION, "build_seconds": round(time.time() - t0, 1)}, indent=1) + "\n")
     if out.exists():
         shutil.rmtree(out)
     partial_dir.rename(out)
