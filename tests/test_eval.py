@@ -20,7 +20,7 @@ from tinyclip.cli import main as cli_main
 from tinyclip.data import build
 from tinyclip.data.smoke import COLOURS, POSITIONS, SHAPES, SIZES
 from tinyclip.errors import TinyCLIPError
-from tinyclip.eval import eval_transform, evaluate_model
+from tinyclip.eval import eval_transform, evaluate_model, retrieval_mean_recall
 
 MEAN, STD = open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD
 IMAGE_SIZE = 32
@@ -146,6 +146,28 @@ def test_random_models_score_near_chance(smoke, tokenizer):
     assert res["fmnist"]["acc1"] < 0.35
     assert res["tux"]["image_retrieval_recall@1"] < 0.2
     assert model.training  # evaluate_model restores the model's mode
+
+
+def test_per_item_outcomes_reproduce_clip_benchmark(smoke, tokenizer):
+    """The per-item outcomes (kept in run folders for bootstrap intervals) are computed from the features
+    clip-benchmark scored and give back its every metric; they are not all hits or all misses here."""
+    torch.manual_seed(1)
+    model = open_clip.create_model("TinyCLIP-smoke-teacher")
+    items: dict = {}
+    res = evaluate_model(model, eval_transform(IMAGE_SIZE, MEAN, STD), tokenizer, smoke / "eval", batch_size=16,
+                         items=items)
+    correct = items["fmnist"]["correct"]
+    assert len(correct) == 160 and 0 < sum(correct) < 160
+    assert sum(correct) / len(correct) == pytest.approx(res["fmnist"]["acc1"], abs=1e-12)
+    for name in ("tux", "openmoji"):
+        i2t, t2i = items[name]["i2t_rank"], items[name]["t2i_rank"]
+        assert len(i2t) == len(t2i) == res[name]["n"]
+        for k in (1, 5, 10):
+            assert sum(r < k for r in i2t) / len(i2t) == pytest.approx(res[name][f"text_retrieval_recall@{k}"], abs=1e-6)
+            assert sum(r < k for r in t2i) / len(t2i) == pytest.approx(res[name][f"image_retrieval_recall@{k}"], abs=1e-6)
+        summary = retrieval_mean_recall(items[name]).mean()
+        expected = sum(res[name][f"{d}_retrieval_recall@{k}"] for d in ("image", "text") for k in (1, 5, 10)) / 6
+        assert summary == pytest.approx(expected, abs=1e-6) and 0 < summary < 1
 
 
 def test_max_items_and_task_subset(smoke, tokenizer):

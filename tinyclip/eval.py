@@ -69,15 +69,76 @@ def _check_wds(root: Path, name: str, classification: bool) -> None:
 
 
 class _Counting:
-    """A data loader wrapper that counts the images it served (clip-benchmark only iterates and reads .dataset)."""
+    """A data loader wrapper that counts the images it served (clip-benchmark only iterates and reads .dataset)
+    and keeps each batch's labels (classification) or caption counts (retrieval) for per-item outcomes."""
 
     def __init__(self, loader):
         self.loader, self.dataset, self.n = loader, loader.dataset, 0
+        self.labels: list = []
 
     def __iter__(self):
+        self.labels = []
         for batch in self.loader:
             self.n += len(batch[0])
+            second = batch[1]
+            self.labels.append(second.cpu() if torch.is_tensor(second) else [len(texts) for texts in second])
             yield batch
+
+
+class _Recorder(torch.nn.Module):
+    """Passes ``encode_image`` / ``encode_text`` through to a model and keeps their outputs in call order, so the
+    per-item outcomes are computed from the very features clip-benchmark scored (no second forward pass)."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+        self.images: list[torch.Tensor] = []
+        self.texts: list[torch.Tensor] = []
+
+    def encode_image(self, images, *args, **kwargs):
+        out = self.model.encode_image(images, *args, **kwargs)
+        self.images.append(out.detach().float().cpu())
+        return out
+
+    def encode_text(self, tokens, *args, **kwargs):
+        out = self.model.encode_text(tokens, *args, **kwargs)
+        self.texts.append(out.detach().float().cpu())
+        return out
+
+
+def _normalize(x: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.normalize(x, dim=-1)
+
+
+def classification_items(recorder: _Recorder, labels: list) -> dict[str, list[int]]:
+    """Per test image: 1 when the top-1 class (clip-benchmark's rule: prompt-averaged class embeddings) is right."""
+    classifier = torch.stack([_normalize(_normalize(t).mean(0)) for t in recorder.texts], dim=1)
+    logits = 100.0 * _normalize(torch.cat(recorder.images)) @ classifier
+    target = torch.cat(labels)
+    return {"correct": (logits.argmax(1) == target).int().tolist()}
+
+
+def retrieval_items(recorder: _Recorder, captions_per_image: list) -> dict[str, list[int]]:
+    """Per item, the 0-based rank of the right answer: ``i2t_rank`` per image (its best caption among all captions),
+    ``t2i_rank`` per caption (its image among all images); recall@k is the share of ranks below k."""
+    counts = [c for batch in captions_per_image for c in batch]
+    image_of_text = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))
+    scores = _normalize(torch.cat(recorder.texts)) @ _normalize(torch.cat(recorder.images)).t()  # texts x images
+    positive = scores[torch.arange(len(scores)), image_of_text]
+    t2i = (scores > positive[:, None]).sum(1)
+    text_ranks = (scores[:, image_of_text] > positive[None, :]).sum(0)  # each caption's rank for its own image
+    i2t = torch.full((len(counts),), len(scores), dtype=torch.long)
+    i2t = i2t.scatter_reduce(0, image_of_text, text_ranks, reduce="amin")
+    return {"i2t_rank": i2t.tolist(), "t2i_rank": t2i.tolist()}
+
+
+def retrieval_mean_recall(items: dict[str, list[int]], ks: Sequence[int] = RECALL_K) -> np.ndarray:
+    """Per item: the mean over k of recall@k in both directions (one caption per image, as in every evaluation set
+    built here), so its mean over items is the retrieval summary (mean of R@1, R@5, R@10, I→T and T→I)."""
+    i2t, t2i = np.asarray(items["i2t_rank"]), np.asarray(items["t2i_rank"])
+    if len(i2t) != len(t2i):
+        raise TinyCLIPError("per-item retrieval summary needs one caption per image")
+    return np.mean([np.mean([r < k for k in ks], axis=0) for r in (i2t, t2i)], axis=0)
 
 
 def _loader(dataset, batch_size: int, max_items: int | None) -> _Counting:
@@ -119,14 +180,17 @@ def _clean(metrics: dict) -> dict[str, float]:
 
 def evaluate_model(model: torch.nn.Module, preprocess: Callable, tokenizer: Callable, eval_root: str | Path,
                    tasks: Sequence[str] = ("fmnist", "tux", "openmoji"), batch_size: int = 256,
-                   device: str = "cpu", imagenet_root: str | Path | None = None, max_items: int | None = None
-                   ) -> dict[str, dict[str, float]]:
+                   device: str = "cpu", imagenet_root: str | Path | None = None, max_items: int | None = None,
+                   items: dict[str, dict[str, list[int]]] | None = None) -> dict[str, dict[str, float]]:
     """Evaluate ``model`` on the named evaluation sets under ``eval_root`` (and ImageNet if a path is given).
 
     Returns ``{"fmnist": {"acc1", "acc5", "mean_per_class_recall", "n"}, "tux": {"image_retrieval_recall@1",
     ..., "text_retrieval_recall@10", "n"}, ...}``. ``max_items`` evaluates only the first N items of each set
     (the sets are stored in a fixed shuffled order, so a prefix is a fair subset); ``device`` is "cpu" or
-    "cuda" and the model must already be there. Features are computed in fp32 (amp off)."""
+    "cuda" and the model must already be there. Features are computed in fp32 (amp off).
+
+    ``items``, when given, is filled with the per-item outcomes of each set (:func:`classification_items`,
+    :func:`retrieval_items`), computed from the features clip-benchmark scored; they reproduce its metrics."""
     from clip_benchmark.datasets.builder import build_dataset
     from clip_benchmark.metrics import zeroshot_classification as zsc
     from clip_benchmark.metrics import zeroshot_retrieval as zsr
@@ -152,13 +216,17 @@ def evaluate_model(model: torch.nn.Module, preprocess: Callable, tokenizer: Call
             t0 = time.time()
             ds = build_dataset(f"wds/{name}", root=str(root), transform=preprocess, split="test", task=task)
             loader = _loader(ds, batch_size, max_items)
+            scored = _Recorder(model) if items is not None else model
             if task == "zeroshot_classification":
-                metrics = zsc.evaluate(model, loader, tokenizer, ds.classes, ds.templates, device=dev, amp=False)
+                metrics = zsc.evaluate(scored, loader, tokenizer, ds.classes, ds.templates, device=dev, amp=False)
             else:
-                metrics = zsr.evaluate(model, loader, tokenizer, device=dev, amp=False, recall_k_list=list(RECALL_K))
+                metrics = zsr.evaluate(scored, loader, tokenizer, device=dev, amp=False, recall_k_list=list(RECALL_K))
             if loader.n == 0:
                 raise TinyCLIPError(f"evaluation set {name} at {root} is empty; rebuild the data set")
             results[name] = {**_clean(metrics), "n": float(loader.n)}
+            if items is not None:
+                items[name] = (classification_items(scored, loader.labels) if task == "zeroshot_classification"
+                               else retrieval_items(scored, loader.labels))
             log.info("%s: %s (%.1f s)", name, results[name], time.time() - t0)
         if imagenet_root is not None:
             ds = _imagenet_dataset(Path(imagenet_root), preprocess)
