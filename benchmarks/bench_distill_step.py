@@ -177,7 +177,7 @@ def _time_stage(run_root: Path, stage, cfg: dict, student: torch.nn.Module, teac
         run.reset()
         run.start(seed, device)
         train.train_stage(run, stage, seed=seed, teacher=teacher, student=student, data=timed,
-                          evaluate=lambda model: {}, world=train.World(), device=device, on_step=on_step)
+                          evaluate=lambda model, items=None: {}, world=train.World(), device=device, on_step=on_step)
     finally:
         train._forward_context = previous
         if previous_root is None:
@@ -330,7 +330,8 @@ def main(argv: list[str] | None = None) -> int:
     from tinyclip.recipe import resolve_stage
     from tinyclip.runs import atomic_write_json, provenance, runs_root
     from tinyclip.teacher_cache import TeacherEmbeddingCache
-    from tinyclip.train import Teacher, _data_source, _forward_context, load_model
+    from tinyclip.runner import _data_source, load_model
+    from tinyclip.train import Teacher, _forward_context
 
     spec = SETS[args.set]
     args.batch = args.batch or spec["batch"]

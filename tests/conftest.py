@@ -8,7 +8,7 @@ def env(tmp_path_factory):
     """Smoke data built once per module into a scratch data root, a fixed random smoke teacher saved as
     ``teacher.pt`` there, one torch thread (fast and deterministic on 2 cores)."""
     from tinyclip.data import build
-    from tinyclip.train import load_model
+    from tinyclip.runner import load_model
 
     data_root = tmp_path_factory.mktemp("data")
     threads = torch.get_num_threads()

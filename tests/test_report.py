@@ -68,7 +68,7 @@ def test_reproduce_trains_every_table2_recipe_in_parallel_then_renders(monkeypat
     runs), then the report; a failed recipe is a one-line error and nothing is rendered."""
     import importlib
 
-    from tinyclip import train
+    from tinyclip import jobs
 
     build_module = importlib.import_module("tinyclip.data.build")  # the module (tinyclip.data.build is the function)
 
@@ -85,7 +85,7 @@ def test_reproduce_trains_every_table2_recipe_in_parallel_then_renders(monkeypat
             on_done(r)
         return results
 
-    monkeypatch.setattr(train, "run_many", fake_run_many)
+    monkeypatch.setattr(jobs, "run_many", fake_run_many)
     monkeypatch.setattr(report, "render", lambda name, profile: tmp_path / f"{name}-{profile}.html")
     assert table2.reproduce("smoke") == tmp_path / "table2-smoke.html"
     assert calls["build"] == "smoke"
@@ -93,7 +93,7 @@ def test_reproduce_trains_every_table2_recipe_in_parallel_then_renders(monkeypat
     assert names == ["smoke_manual.yaml", "smoke_auto.yaml"] and parallel == 2 and resume and threads >= 1
     assert calls["teacher"][0] == "smoke_teacher.yaml" and calls["teacher"][1] == 1  # first, alone
 
-    monkeypatch.setattr(train, "run_many", lambda recipes, **kw: [
+    monkeypatch.setattr(jobs, "run_many", lambda recipes, **kw: [
         {"recipe": str(recipes[0]), "returncode": 0 if "teacher" in str(recipes[0]) else 2, "error": "error: boom"}])
     with pytest.raises(TinyCLIPError, match="smoke_manual.yaml failed: error: boom"):
         table2.reproduce("smoke")

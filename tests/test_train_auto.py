@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from tinyclip.errors import TinyCLIPError
 from tinyclip.pruned import WEIGHTS_FILE, load_pruned, param_counts
 from tinyclip.recipe import load_recipe
-from tinyclip.train import _evaluator, load_model, run_recipe
+from tinyclip.runner import _evaluator, load_model, run_recipe
 
 # Mask settings that move the masks within ~25 steps on the smoke model (the official lr 0.02 needs thousands).
 # So short a mask phase does not settle on the target (the min-max oscillates), so the tests check the reporting

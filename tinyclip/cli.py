@@ -18,7 +18,7 @@ _COMMAND_MODULES = [
     "tinyclip.report",          # tinyclip report
     "tinyclip.data",            # tinyclip data build|card
     "tinyclip.eval",            # tinyclip eval
-    "tinyclip.train",           # tinyclip train-teacher | distill | smoke
+    "tinyclip.commands",        # tinyclip train-teacher | distill | smoke
     "tinyclip.table2",          # tinyclip reproduce-table2
 ]
 

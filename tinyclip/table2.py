@@ -273,7 +273,7 @@ def reproduce(profile: str = "mini", *, parallel: int | None = None, train: bool
     recipes with torchrun) and renders the published and paper-scale parts."""
     import sys
 
-    from .train import run_many
+    from .jobs import run_many
 
     if train and profile != "paper":
         from .data.build import build

@@ -14,10 +14,11 @@ stage (paper §3.2, :mod:`tinyclip.inherit.auto`) runs the same loop on ``Masked
 ``mask_steps`` steps (the Lagrangian sparsity term added to the loss, a MaskOptimizer step after AdamW), prunes
 to a dense PrunedCLIP and distils that with a fresh AdamW for the rest; resume works in either phase. Everything
 else lives in its own module: recipes (:mod:`tinyclip.recipe`), run folders (:mod:`tinyclip.runs`), the cache
-(:mod:`tinyclip.teacher_cache`), data (:mod:`tinyclip.data`), losses (:mod:`tinyclip.losses`). Below the
-loop: :func:`run_recipe` (chains stages and trains the teacher a recipe needs), :func:`run_many` (recipes and
-seeds in parallel processes) and the ``tinyclip train-teacher / distill / smoke`` commands. A teacher is trained
-by the same loop: a recipe without a teacher, a random-init student and the contrastive loss.
+(:mod:`tinyclip.teacher_cache`), data (:mod:`tinyclip.data`), losses (:mod:`tinyclip.losses`), the recipe runner
+that chains stages and trains the teacher a recipe needs (:mod:`tinyclip.runner`), recipes and seeds in parallel
+processes (:mod:`tinyclip.jobs`) and the ``tinyclip train-teacher / distill / smoke`` commands
+(:mod:`tinyclip.commands`). A teacher is trained by the same loop: a recipe without a teacher, a random-init
+student and the contrastive loss.
 
 Deviations from the official code (research/official_impl.md §1.3, §5), each deliberate:
 
@@ -33,22 +34,14 @@ Deviations from the official code (research/official_impl.md §1.3, §5), each d
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
-import fcntl
-import json
 import logging
 import math
 import os
 import random
 import shutil
-import subprocess
-import sys
 import time
-import warnings
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
@@ -58,12 +51,11 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from tqdm.auto import tqdm
 
-from .errors import TinyCLIPError, one_line
+from .errors import TinyCLIPError
 from .inherit.auto import AutoInheritSpec, MaskedCLIP, MaskOptimizer
 from .pruned import PrunedCLIP, PrunedConfig, param_counts, pruned_architecture, save_pruned, to_pruned
-from .recipe import (Recipe, StageSpec, check_inputs, lit_cache_dir, load_recipe, resolve_device, resolve_recipe,
-                     teacher_recipe)
-from .runs import Run, config_hash, runs_root
+from .recipe import StageSpec
+from .runs import Run
 
 if TYPE_CHECKING:
     from .teacher_cache import TeacherEmbeddingCache
@@ -89,7 +81,7 @@ class World:
 
 
 def train_stage(run: Run, stage: StageSpec, *, seed: int, teacher: "Teacher | None", student: nn.Module,
-                data: Any, evaluate: Callable[[nn.Module], dict], world: World, device: str,
+                data: Any, evaluate: Callable[..., dict], world: World, device: str,
                 resume: bool = False, on_step: Callable[[int, dict], None] | None = None) -> dict:
     """Train one stage's ``student`` into ``run`` and return the run's summary (paper §3.3, one stage).
 
@@ -249,8 +241,10 @@ def train_stage(run: Run, stage: StageSpec, *, seed: int, teacher: "Teacher | No
     # -- the end: evaluation, export of the student, the FINISHED marker (written last) ----------------------
     summary: dict[str, Any] = {}
     if world.is_main:
-        metrics = evaluate(student)
+        items: dict[str, Any] = {}  # per-item outcomes, for intervals that resample evaluation items
+        metrics = evaluate(student, items)
         run.write_json("eval.json", metrics)
+        run.write_json("eval_items.json", items)
         run.append_metrics({"step": stage.steps - 1, "eval": metrics})
         from . import zoo
         from .export import save_open_clip_dir
@@ -413,6 +407,7 @@ def _quiet() -> bool:
     return os.environ.get("TINYCLIP_PROGRESS", "1") == "0"
 
 
+
 # ============================================================================================== the teacher
 class Teacher:
     """The frozen teacher: ``embed`` gives L2-normalised embeddings and the exponentiated logit scale, from the
@@ -444,289 +439,6 @@ class Teacher:
         return image.to(images.device), text.to(images.device), scale
 
 
-def load_teacher_model(recipe: Recipe, device: str, *, world: World, resume: bool) -> nn.Module | None:
-    """The recipe's teacher model, frozen, in eval mode (training a ``train:`` teacher first if needed)."""
-    from .export import load_open_clip_dir
-
-    spec = recipe.teacher
-    if spec.kind in ("none", "embeddings", "lit"):
-        return None
-    if spec.kind == "train":
-        summaries = run_recipe(teacher_recipe(recipe), resume=resume, world=world)
-        model, _ = load_open_clip_dir(summaries[-1]["model_dir"])
-    else:
-        torch.manual_seed(recipe.seed)  # a teacher with random weights (code-path tests) is the same every time
-        model = load_model(spec.model, spec.weights)
-    return model.to(device).eval().requires_grad_(False)
-
-
-def load_model(name: str, weights: str | None) -> nn.Module:
-    """An open_clip model by registered name (``weights``: a file, a pretrained tag, or None for random init)
-    or from a ``local-dir:`` export."""
-    import open_clip
-
-    from .export import load_open_clip_dir
-
-    if name.startswith("local-dir:"):
-        return load_open_clip_dir(name)[0]
-    try:
-        with _quiet_open_clip():
-            return open_clip.create_model(name, pretrained=weights)
-    except Exception as exc:  # noqa: BLE001 — a download or load failure, one line for the user
-        raise TinyCLIPError(f"cannot load {name} weights {weights!r} ({one_line(exc, 160)}); without network give the "
-                            "weights as a local checkpoint file") from None
-
-
-@contextlib.contextmanager
-def _quiet_open_clip():
-    """open_clip logs "No pretrained weights loaded" for every random init (intended here) and an ERROR line
-    before raising on a failed download (our TinyCLIPError carries the message)."""
-    previous = logging.root.manager.disable
-    logging.disable(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logging.disable(previous)
-
-
-# ============================================================================================== recipes
-def run_recipe(recipe: Recipe, *, resume: bool = False, force: bool = False, stage: str | None = None,
-               world: World | None = None, on_step: Callable[[int, dict], None] | None = None) -> list[dict]:
-    """Run a recipe's stages in order, reusing finished runs; return each stage's summary (paper §3.3).
-
-    Stage k starts from stage k−1's student (``init: previous``) and every stage is distilled from the recipe's
-    teacher, which is trained first when the recipe says ``teacher: {train: ...}``. ``stage`` stops after the
-    named stage; ``force`` retrains the recipe's own stages (the one named by ``stage`` only, if given), never
-    its teacher. ``resume`` continues an interrupted stage from its last checkpoint.
-    """
-    import open_clip
-
-    from .export import load_open_clip_dir
-    from .inherit.manual import ManualInheritSpec, inherit_manual
-    from .pruned import load_pruned
-
-    world = world or init_world()
-    check_inputs(recipe)
-    build_lit_teachers(recipe, world)
-    last = recipe.stage_index(stage) if stage is not None else len(recipe.stages) - 1
-    device = resolve_device(recipe.device)
-    configs = resolve_recipe(recipe, device=device, world_size=world.world_size)
-    runs = [Run(cfg, labels={"recipe": recipe.name, "stage": s.name,
-                             "recipe_path": str(recipe.path) if recipe.path else None})
-            for cfg, s in zip(configs, recipe.stages)]
-    run_device = f"cuda:{world.local_rank}" if device == "cuda" else device
-
-    summaries: list[dict] = []
-    sources: dict[str, Any] = {}
-    teacher_model: nn.Module | None = None
-    teacher_loaded = False
-    for index in range(last + 1):
-        spec, run = recipe.stages[index], runs[index]
-        forced = force and (stage is None or index == last)
-        with _locked(run, world):
-            if run.is_finished() and not forced:
-                summaries.append({**run.summary(), "reused": True})
-                continue
-            fresh = forced or not run.has_checkpoint()
-            if not fresh and not resume:
-                raise TinyCLIPError(f"run {run.dir} of stage {spec.name!r} was interrupted; pass --resume to "
-                                    "continue it or --force to start it over")
-            if not teacher_loaded:  # before the run folder is touched: a teacher that fails to load leaves none
-                teacher_model = load_teacher_model(recipe, run_device, world=world, resume=resume)
-                teacher_loaded = True
-            world.barrier()  # every rank has looked at the checkpoint before rank 0 may remove it
-            if world.is_main:
-                if fresh:
-                    run.reset()
-                run.start(recipe.seed, run_device)
-            world.barrier()
-
-            # the student (paper §3.2): inherited from the teacher, the previous stage's student or another
-            # model (init: {model, weights}), or random
-            torch.manual_seed(recipe.seed)
-            inherit = ManualInheritSpec(**spec.inherit)
-            previous_auto = index > 0 and recipe.stages[index - 1].kind == "auto"
-            if spec.init == "random":
-                source = student = load_model(spec.student, None)
-            else:
-                source = {"teacher": lambda: teacher_model,
-                          "previous": lambda: (load_pruned(runs[index - 1].model_dir) if previous_auto
-                                               else load_open_clip_dir(runs[index - 1].model_dir)[0]),
-                          "model": lambda: load_model(spec.init_model, spec.init_weights)}[spec.init]()
-                if spec.kind == "manual":
-                    student, _ = inherit_manual(source, spec.student, inherit)  # same size: an exact copy
-            if spec.kind == "auto":  # the masks start on the source itself (a copy: the teacher stays intact)
-                student = auto_student(source, teacher_model)
-            preprocess = open_clip.get_model_preprocess_cfg(
-                student if spec.kind == "manual" or teacher_model is None else teacher_model) or {}
-            tokenizer = open_clip.get_tokenizer(spec.student)
-            mean = tuple(preprocess.get("mean", open_clip.OPENAI_DATASET_MEAN))
-            std = tuple(preprocess.get("std", open_clip.OPENAI_DATASET_STD))
-            key = json.dumps([run.config["data"], run.config["student"]["model_cfg"]["vision_cfg"]["image_size"],
-                              mean, std, tokenizer.context_length])
-            if key not in sources or spec.data.streamed:  # a chain's stages read the same data: decode it once
-                sources[key] = _data_source(spec, run.config, tokenizer, mean, std)
-            data = sources[key]
-            teacher = _make_teacher(recipe, spec, run, teacher_model, data,
-                                    preprocess={"mean": list(mean), "std": list(std),
-                                                "tokenizer": type(tokenizer).__name__,
-                                                "context_length": tokenizer.context_length})
-            summary = train_stage(run, spec, seed=recipe.seed, teacher=teacher, student=student, data=data,
-                                  evaluate=_evaluator(spec, tokenizer, run_device), world=world,
-                                  device=run_device, resume=resume, on_step=on_step)
-            summaries.append({**summary, "reused": False})
-    return summaries
-
-
-def build_lit_teachers(recipe: Recipe, world: World) -> None:
-    """Build the LiT teacher (:mod:`tinyclip.lit`) of this recipe, or of the recipe that trains its teacher, when
-    its embedding cache is missing: the run identities name the cache, so it must exist before they resolve."""
-    if recipe.teacher.kind == "train":
-        build_lit_teachers(teacher_recipe(recipe), world)
-    if recipe.teacher.kind != "lit":
-        return
-    path = lit_cache_dir(recipe)
-    if world.is_main and not path.is_dir():
-        from .lit import build_lit_teacher
-
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path.parent / ".lock", "w") as handle:  # parallel recipes sharing the teacher wait here
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            if not path.is_dir():
-                log.info("building the LiT teacher of %s (once): %s", recipe.name, path.parent)
-                build_lit_teacher(recipe.teacher.lit["profile"], image_size=recipe.teacher.lit["image_size"],
-                                  out_dir=path.parent, teacher_cache_views=recipe.stages[0].data.fixed_views,
-                                  progress=not _quiet())
-    world.barrier()
-
-
-def auto_student(source: nn.Module, teacher: nn.Module | None) -> PrunedCLIP:
-    """The student an auto stage masks: a trainable copy of ``source`` (the teacher, the previous stage's
-    pruned student, ...) as a PrunedCLIP whose sparsity reference is the *original* teacher's size (paper §3.3:
-    stage k is measured against the teacher, not against stage k−1)."""
-    import copy
-
-    student = to_pruned(copy.deepcopy(source)).requires_grad_(True)
-    if teacher is not None:
-        student.config.reference_params = param_counts(teacher)["total"]
-    return student
-
-
-@contextlib.contextmanager
-def _locked(run: Run, world: World):
-    """Rank 0 holds the run's lock (parallel arms that share a run wait for each other)."""
-    if world.is_main:
-        with run.lock():
-            yield
-    else:
-        yield
-
-
-def _data_source(stage: StageSpec, config: dict, tokenizer: Any, mean: Sequence[float], std: Sequence[float]) -> Any:
-    """The stage's training batches: :class:`tinyclip.data.PairSource` (in memory, every batch a pure function of
-    (seed, step)) or, for the paper profile's webdataset shards, a :class:`StreamSource`."""
-    from .data import PairSource, TrainDataSpec
-
-    data = stage.data
-    image_size = int(config["student"]["model_cfg"]["vision_cfg"]["image_size"])
-    if data.streamed:
-        return StreamSource(data.resolved_root(), image_size, data.augment, tokenizer, mean, std, data.workers)
-    return PairSource(TrainDataSpec(root=str(data.resolved_root()), weights=data.weights, image_size=image_size,
-                                    augment=data.augment, fixed_views=data.fixed_views), tokenizer, mean, std)
-
-
-class StreamSource:
-    """Batches streamed from webdataset shards (LAION-style, the paper profile) behind PairSource's ``batch``.
-
-    A stream is not a function of the step: batches come in shard order, and a resumed run restarts the stream
-    at the epoch its step falls in, so resumption is statistically equivalent but not sample-exact (the
-    in-memory profiles are exact). Epoch length comes from ``sizes.json`` when the shards have one."""
-
-    def __init__(self, root: Path, image_size: int, augment: bool, tokenizer: Any, mean: Sequence[float],
-                 std: Sequence[float], workers: int):
-        import open_clip
-
-        folder = root / "train" if (root / "train").is_dir() else root
-        self.shards = sorted(str(p) for p in folder.glob("*.tar"))
-        if not self.shards:
-            raise TinyCLIPError(f"no webdataset shards (*.tar) in {folder}; give the training shards' folder")
-        sizes = folder / "sizes.json"
-        self.epoch_samples = sum(json.loads(sizes.read_text()).values()) if sizes.is_file() else None
-        # the official train transform: RandomResizedCrop(scale 0.9-1.0, bicubic), normalise
-        self.preprocess = open_clip.image_transform(image_size, is_train=augment, mean=mean, std=std)
-        self.tokenizer, self.workers = tokenizer, workers
-        self.iterator, self.epoch = None, 0
-
-    def _start(self, epoch: int, batch_size: int, seed: int, rank: int, world_size: int) -> None:
-        from .data import stream_webdataset
-
-        self.epoch = epoch
-        self.iterator = iter(stream_webdataset(self.shards, batch_size // world_size, self.preprocess,
-                                               self.tokenizer, seed, rank, world_size, self.workers, epoch=epoch))
-
-    def batch(self, step: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
-        if self.iterator is None:
-            epoch = step * batch_size // self.epoch_samples if self.epoch_samples else 0
-            self._start(epoch, batch_size, seed, rank, world_size)
-        for _ in range(2):
-            try:
-                return next(self.iterator)
-            except StopIteration:  # the epoch is over: the next one reshuffles the shards
-                self._start(self.epoch + 1, batch_size, seed, rank, world_size)
-        raise TinyCLIPError(f"the shards in {Path(self.shards[0]).parent} yield no full batch of {batch_size}")
-
-
-def _make_teacher(recipe: Recipe, stage: StageSpec, run: Run, model: nn.Module | None, data: Any,
-                  preprocess: dict[str, Any] | None = None) -> Teacher | None:
-    """The stage's teacher: the model, the model behind a per-(sample, view) embedding cache shared by every run
-    with the same teacher, data and numerics (``runs/teacher_cache/<hash>``), or a stored embedding set only."""
-    from .teacher_cache import TeacherEmbeddingCache
-
-    if recipe.teacher.kind == "none":
-        return None
-    if recipe.teacher.kind in ("embeddings", "lit"):
-        path = recipe.teacher.embeddings if recipe.teacher.kind == "embeddings" else lit_cache_dir(recipe)
-        return Teacher(None, TeacherEmbeddingCache.open(path, writable=False))
-    if not stage.teacher_cache:
-        return Teacher(model)
-    # every input that changes an embedding: the teacher (its run, its weights' digest, or its seed when its
-    # weights are random), the data and views, the image size and normalisation, the tokenizer, the numerics
-    identity = {"teacher": run.config["teacher"], "data": run.config["data"],
-                "image_size": run.config["student"]["model_cfg"]["vision_cfg"]["image_size"],
-                "preprocess": preprocess, "precision": run.config["precision"], "device": run.config["device"]}
-    path = runs_root() / "teacher_cache" / config_hash(identity)
-    cache = TeacherEmbeddingCache.open_or_create(
-        path, ids=data.sample_ids(), dim=int(model.text_projection.shape[1]),
-        logit_scale=float(model.logit_scale.exp()), identity=identity)
-    return Teacher(model, cache)
-
-
-def _evaluator(stage: StageSpec, tokenizer: Any, device: str) -> Callable[[nn.Module], dict]:
-    """Zero-shot classification and retrieval on the profile's evaluation sets (and ImageNet if given)."""
-    from .eval import eval_transform, evaluate_model
-
-    spec = stage.eval
-
-    def evaluate(student: nn.Module) -> dict:
-        import open_clip
-
-        if not spec["tasks"] and not spec["imagenet"]:
-            return {}
-        model = student.model if isinstance(student, MaskedCLIP) else student  # the tower under the masks
-        cfg = open_clip.get_model_preprocess_cfg(model) or {}
-        size = model.visual.image_size
-        preprocess = eval_transform(int(size if isinstance(size, int) else size[0]),
-                                    cfg.get("mean", open_clip.OPENAI_DATASET_MEAN),
-                                    cfg.get("std", open_clip.OPENAI_DATASET_STD))
-        with torch.no_grad():
-            return evaluate_model(student, preprocess, tokenizer, stage.data.resolved_root() / "eval",
-                                  tasks=spec["tasks"], batch_size=spec["batch_size"], device=device,
-                                  imagenet_root=spec["imagenet"], max_items=spec["max_items"])
-    return evaluate
-
-
 def init_world() -> World:
     """Join the torchrun job described by the environment (gloo on CPU, nccl on GPU), if any."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -739,137 +451,3 @@ def init_world() -> World:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     return World(rank=dist.get_rank(), world_size=dist.get_world_size(),
                  local_rank=int(os.environ.get("LOCAL_RANK", "0")))
-
-
-# ============================================================================================== parallel arms
-def run_many(recipes: Sequence[str | Path], seeds: Sequence[int | None] = (None,), *, parallel: int = 2,
-             threads: int = 1, resume: bool = False, force: bool = False,
-             on_done: Callable[[dict], None] | None = None) -> list[dict]:
-    """Run every (recipe, seed) in its own process, ``parallel`` at a time with ``threads`` torch threads each.
-
-    On 2 CPU cores two single-thread runs side by side gave ≈ 1.7× the throughput of one two-thread run. Each
-    job is an ordinary ``tinyclip distill`` process, so its run folder and results are those of a serial run
-    (runs that two jobs share, e.g. a teacher, are trained once: the second waits on the run's lock). Results
-    are bit-identical to a serial run *with the same thread count*; CPU kernels round differently with another
-    number of threads, which the run identity deliberately ignores.
-    Returns one entry per job: ``{"recipe", "seed", "returncode", "stages"}`` (stages: the job's summaries);
-    ``on_done(entry)`` is called as each job ends (progress lines).
-    """
-    jobs = [(str(r), s) for r in recipes for s in seeds]
-
-    def launch(job: tuple[str, int | None]) -> dict:
-        recipe, seed = job
-        cmd = [sys.executable, "-m", "tinyclip", "distill", "--recipe", recipe, "--threads", str(threads)]
-        cmd += (["--seed", str(seed)] if seed is not None else []) + (["--resume"] if resume else [])
-        cmd += ["--force"] if force else []
-        # one job at a time shows its progress bars; side by side they would interleave, so they are silenced
-        alone = parallel <= 1 or len(jobs) == 1
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
-               **({} if alone else {"TINYCLIP_PROGRESS": "0"})}
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=None if alone else subprocess.PIPE, text=True,
-                              env=env)
-        lines = proc.stdout.strip().splitlines()
-        stages = json.loads(lines[-1]) if proc.returncode == 0 and lines else None
-        error = None if proc.returncode == 0 else (
-            "see its messages above" if alone else (proc.stderr.strip().splitlines() or ["?"])[-1])
-        entry = {"recipe": recipe, "seed": seed, "returncode": proc.returncode, "stages": stages, "error": error}
-        if on_done is not None:
-            on_done(entry)
-        return entry
-
-    with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
-        return list(pool.map(launch, jobs))
-
-
-# ============================================================================================== CLI
-def _apply_threads(threads: int | None) -> None:
-    if threads:
-        torch.set_num_threads(threads)
-
-
-def _run_cli(args: argparse.Namespace, teacher_only: bool) -> int:
-    recipes, seeds = args.recipe, args.seed or [None]
-    if len(recipes) * len(seeds) > 1 or args.parallel > 1:
-        if args.stage:
-            raise TinyCLIPError("--stage applies to a single recipe; run several recipes without it")
-        results = run_many(recipes, seeds, parallel=args.parallel, threads=args.threads or 1,
-                           resume=args.resume, force=args.force)
-        print(json.dumps(results))
-        return 0 if all(r["returncode"] == 0 for r in results) else 2
-    _apply_threads(args.threads)
-    recipe = load_recipe(recipes[0], seed=seeds[0])
-    if teacher_only and recipe.teacher.kind not in ("none", "embeddings", "lit"):
-        raise TinyCLIPError(f"recipe {recipe.name!r} distils from a teacher model; run it with `tinyclip distill`")
-    world = init_world()
-    summaries = run_recipe(recipe, resume=args.resume, force=args.force, stage=args.stage, world=world)
-    if world.is_main:
-        print(json.dumps(summaries))
-    return 0
-
-
-def smoke(recipe_path: str | Path | None = None, *, auto: bool = False) -> dict:
-    """The smoke profile end to end (``make smoke``): data, teacher, the 2-stage manual chain, evaluation.
-    ``auto`` (``make smoke-auto``): the 2-stage automatic chain (recipes/smoke_auto.yaml) instead, whose final
-    pruned student is then reloaded from its export and evaluated again; the result carries that stage's
-    ``target_sparsity``, ``achieved_sparsity`` and ``pruned_vs_masked_max_abs_diff`` at the top level.
-    Finished runs are reused and an interrupted one resumes, so a second call takes seconds."""
-    from .data import build
-    from .runs import project_root
-
-    t0 = time.time()
-    build("smoke")
-    default = "smoke_auto.yaml" if auto else "smoke_manual.yaml"
-    recipe = load_recipe(recipe_path or project_root() / "recipes" / default)
-    summaries = run_recipe(recipe, resume=True)
-    teacher = run_recipe(teacher_recipe(recipe), resume=True)[-1]  # finished above: reused
-
-    def row(s: dict) -> dict:
-        return {"name": s["student"], "stage": s["stage"], "params": s["params"], "metrics": s["metrics"],
-                "run": s["run"], "reused": s.get("reused", False), **({"auto": s["auto"]} if "auto" in s else {})}
-
-    result = {"teacher": row(teacher), "students": [row(s) for s in summaries]}
-    if auto:
-        result.update(_reload_pruned(recipe, summaries[-1]))
-    return {**result, "wall_s": round(time.time() - t0, 1)}
-
-
-def _reload_pruned(recipe: Recipe, summary: dict) -> dict:
-    """Reload an auto stage's exported student (tinyclip.pruned.load_pruned) and evaluate it again: the
-    metrics must equal those the trainer measured on the in-memory student."""
-    import open_clip
-
-    from .pruned import load_pruned
-
-    stage = recipe.stages[-1]
-    device = resolve_device(recipe.device)
-    student = load_pruned(summary["model_dir"], device=device)
-    metrics = _evaluator(stage, open_clip.get_tokenizer(stage.student), device)(student)
-    report = summary["auto"]
-    return {"stage": stage.name, "reloaded_metrics_equal": metrics == summary["metrics"],
-            "target_sparsity": report["target_sparsity"], "achieved_sparsity": report["achieved_sparsity"],
-            "pruned_vs_masked_max_abs_diff": report["pruned_vs_masked_max_abs_diff"]}
-
-
-def add_cli(subparsers: argparse._SubParsersAction) -> None:
-    for name, teacher_only, help_text in (
-            ("train-teacher", True, "train a CLIP teacher from scratch (contrastive loss) from a recipe"),
-            ("distill", False, "multi-stage distillation (paper §3.3) from a recipe")):
-        p = subparsers.add_parser(name, help=help_text, description=help_text)
-        p.add_argument("--recipe", action="append", required=True, metavar="FILE",
-                       help="recipe YAML (repeat to run several, see --parallel)")
-        p.add_argument("--seed", action="append", type=int, metavar="N",
-                       help="override the recipe's seed (repeat to run several seeds)")
-        p.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
-        p.add_argument("--force", action="store_true", help="retrain finished stages instead of reusing them")
-        p.add_argument("--stage", metavar="NAME", help="stop after this stage (and --force only it)")
-        p.add_argument("--parallel", type=int, default=1, metavar="N",
-                       help="run the recipe × seed jobs in N processes at a time")
-        p.add_argument("--threads", type=int, metavar="N", help="torch threads per process")
-        p.set_defaults(func=lambda args, t=teacher_only: _run_cli(args, t))
-    p = subparsers.add_parser("smoke", help="smoke profile end to end: data, teacher, 2-stage chain, eval; "
-                              "prints JSON (teacher, students, wall_s) as its last line")
-    p.add_argument("--threads", type=int, metavar="N", help="torch threads")
-    p.add_argument("--auto", action="store_true", help="the automatic-inheritance chain (recipes/smoke_auto.yaml), "
-                   "then reload and re-evaluate its pruned student; adds target_sparsity, achieved_sparsity and "
-                   "pruned_vs_masked_max_abs_diff of the final stage")
-    p.set_defaults(func=lambda args: _apply_threads(args.threads) or print(json.dumps(smoke(auto=args.auto))) or 0)

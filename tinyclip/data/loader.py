@@ -1,4 +1,5 @@
-"""Training data loaders: in-memory and deterministic (smoke, mini), or streamed from webdataset (paper).
+"""Training data loaders: in-memory and deterministic (smoke, mini), or streamed from webdataset (paper:
+:func:`stream_webdataset`, and :class:`StreamSource` behind the trainer's ``batch`` interface).
 
 :class:`PairSource` makes every batch a pure function of ``(seed, step)``, so training resumes exactly and
 splits over DDP ranks without communication:
@@ -33,7 +34,7 @@ import time
 from collections import OrderedDict, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -474,3 +475,42 @@ def _epoch_loader(mine: list[str], batch_size: int, preprocess, tokenizer, seed:
     if workers <= 0:
         return pipeline
     return wds.WebLoader(pipeline, batch_size=None, num_workers=workers, persistent_workers=False)
+
+
+class StreamSource:
+    """Batches streamed from webdataset shards (LAION-style, the paper profile) behind PairSource's ``batch``.
+
+    A stream is not a function of the step: batches come in shard order, and a resumed run restarts the stream
+    at the epoch its step falls in, so resumption is statistically equivalent but not sample-exact (the
+    in-memory profiles are exact). Epoch length comes from ``sizes.json`` when the shards have one."""
+
+    def __init__(self, root: Path, image_size: int, augment: bool, tokenizer: Any, mean: Sequence[float],
+                 std: Sequence[float], workers: int):
+        import open_clip
+
+        folder = root / "train" if (root / "train").is_dir() else root
+        self.shards = sorted(str(p) for p in folder.glob("*.tar"))
+        if not self.shards:
+            raise TinyCLIPError(f"no webdataset shards (*.tar) in {folder}; give the training shards' folder")
+        sizes = folder / "sizes.json"
+        self.epoch_samples = sum(json.loads(sizes.read_text()).values()) if sizes.is_file() else None
+        # the official train transform: RandomResizedCrop(scale 0.9-1.0, bicubic), normalise
+        self.preprocess = open_clip.image_transform(image_size, is_train=augment, mean=mean, std=std)
+        self.tokenizer, self.workers = tokenizer, workers
+        self.iterator, self.epoch = None, 0
+
+    def _start(self, epoch: int, batch_size: int, seed: int, rank: int, world_size: int) -> None:
+        self.epoch = epoch
+        self.iterator = iter(stream_webdataset(self.shards, batch_size // world_size, self.preprocess,
+                                               self.tokenizer, seed, rank, world_size, self.workers, epoch=epoch))
+
+    def batch(self, step: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
+        if self.iterator is None:
+            epoch = step * batch_size // self.epoch_samples if self.epoch_samples else 0
+            self._start(epoch, batch_size, seed, rank, world_size)
+        for _ in range(2):
+            try:
+                return next(self.iterator)
+            except StopIteration:  # the epoch is over: the next one reshuffles the shards
+                self._start(self.epoch + 1, batch_size, seed, rank, world_size)
+        raise TinyCLIPError(f"the shards in {Path(self.shards[0]).parent} yield no full batch of {batch_size}")

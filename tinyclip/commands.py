@@ -1,0 +1,109 @@
+"""The ``tinyclip train-teacher / distill / smoke`` commands (recipes through :mod:`tinyclip.runner`, several
+recipes or seeds through :mod:`tinyclip.jobs`)."""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from .errors import TinyCLIPError
+from .jobs import run_many
+from .recipe import Recipe, load_recipe, resolve_device, teacher_recipe
+from .runner import _evaluator, run_recipe
+from .train import init_world
+
+
+def _apply_threads(threads: int | None) -> None:
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def _run_cli(args: argparse.Namespace, teacher_only: bool) -> int:
+    recipes, seeds = args.recipe, args.seed or [None]
+    if len(recipes) * len(seeds) > 1 or args.parallel > 1:
+        if args.stage:
+            raise TinyCLIPError("--stage applies to a single recipe; run several recipes without it")
+        results = run_many(recipes, seeds, parallel=args.parallel, threads=args.threads or 1,
+                           resume=args.resume, force=args.force)
+        print(json.dumps(results))
+        return 0 if all(r["returncode"] == 0 for r in results) else 2
+    _apply_threads(args.threads)
+    recipe = load_recipe(recipes[0], seed=seeds[0])
+    if teacher_only and recipe.teacher.kind not in ("none", "embeddings", "lit"):
+        raise TinyCLIPError(f"recipe {recipe.name!r} distils from a teacher model; run it with `tinyclip distill`")
+    world = init_world()
+    summaries = run_recipe(recipe, resume=args.resume, force=args.force, stage=args.stage, world=world)
+    if world.is_main:
+        print(json.dumps(summaries))
+    return 0
+
+
+def smoke(recipe_path: str | Path | None = None, *, auto: bool = False) -> dict:
+    """The smoke profile end to end (``make smoke``): data, teacher, the 2-stage manual chain, evaluation.
+    ``auto`` (``make smoke-auto``): the 2-stage automatic chain (recipes/smoke_auto.yaml) instead, whose final
+    pruned student is then reloaded from its export and evaluated again; the result carries that stage's
+    ``target_sparsity``, ``achieved_sparsity`` and ``pruned_vs_masked_max_abs_diff`` at the top level.
+    Finished runs are reused and an interrupted one resumes, so a second call takes seconds."""
+    from .data import build
+    from .runs import project_root
+
+    t0 = time.time()
+    build("smoke")
+    default = "smoke_auto.yaml" if auto else "smoke_manual.yaml"
+    recipe = load_recipe(recipe_path or project_root() / "recipes" / default)
+    summaries = run_recipe(recipe, resume=True)
+    teacher = run_recipe(teacher_recipe(recipe), resume=True)[-1]  # finished above: reused
+
+    def row(s: dict) -> dict:
+        return {"name": s["student"], "stage": s["stage"], "params": s["params"], "metrics": s["metrics"],
+                "run": s["run"], "reused": s.get("reused", False), **({"auto": s["auto"]} if "auto" in s else {})}
+
+    result = {"teacher": row(teacher), "students": [row(s) for s in summaries]}
+    if auto:
+        result.update(_reload_pruned(recipe, summaries[-1]))
+    return {**result, "wall_s": round(time.time() - t0, 1)}
+
+
+def _reload_pruned(recipe: Recipe, summary: dict) -> dict:
+    """Reload an auto stage's exported student (tinyclip.pruned.load_pruned) and evaluate it again: the
+    metrics must equal those the trainer measured on the in-memory student."""
+    import open_clip
+
+    from .pruned import load_pruned
+
+    stage = recipe.stages[-1]
+    device = resolve_device(recipe.device)
+    student = load_pruned(summary["model_dir"], device=device)
+    metrics = _evaluator(stage, open_clip.get_tokenizer(stage.student), device)(student)
+    report = summary["auto"]
+    return {"stage": stage.name, "reloaded_metrics_equal": metrics == summary["metrics"],
+            "target_sparsity": report["target_sparsity"], "achieved_sparsity": report["achieved_sparsity"],
+            "pruned_vs_masked_max_abs_diff": report["pruned_vs_masked_max_abs_diff"]}
+
+
+def add_cli(subparsers: argparse._SubParsersAction) -> None:
+    for name, teacher_only, help_text in (
+            ("train-teacher", True, "train a CLIP teacher from scratch (contrastive loss) from a recipe"),
+            ("distill", False, "multi-stage distillation (paper §3.3) from a recipe")):
+        p = subparsers.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--recipe", action="append", required=True, metavar="FILE",
+                       help="recipe YAML (repeat to run several, see --parallel)")
+        p.add_argument("--seed", action="append", type=int, metavar="N",
+                       help="override the recipe's seed (repeat to run several seeds)")
+        p.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
+        p.add_argument("--force", action="store_true", help="retrain finished stages instead of reusing them")
+        p.add_argument("--stage", metavar="NAME", help="stop after this stage (and --force only it)")
+        p.add_argument("--parallel", type=int, default=1, metavar="N",
+                       help="run the recipe × seed jobs in N processes at a time")
+        p.add_argument("--threads", type=int, metavar="N", help="torch threads per process")
+        p.set_defaults(func=lambda args, t=teacher_only: _run_cli(args, t))
+    p = subparsers.add_parser("smoke", help="smoke profile end to end: data, teacher, 2-stage chain, eval; "
+                              "prints JSON (teacher, students, wall_s) as its last line")
+    p.add_argument("--threads", type=int, metavar="N", help="torch threads")
+    p.add_argument("--auto", action="store_true", help="the automatic-inheritance chain (recipes/smoke_auto.yaml), "
+                   "then reload and re-evaluate its pruned student; adds target_sparsity, achieved_sparsity and "
+                   "pruned_vs_masked_max_abs_diff of the final stage")
+    p.set_defaults(func=lambda args: _apply_threads(args.threads) or print(json.dumps(smoke(auto=args.auto))) or 0)
