@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 
 # Bump RENDER_VERSION when rendering changes (the per-source render caches are redone) and DATA_FORMAT_VERSION
 # when splitting or the output layout changes (built data sets are redone; render caches are kept).
-RENDER_VERSION = 1
+RENDER_VERSION = 2   # 2: SVG text renders independent of the process's earlier renders (sources._reset_font_state)
 DATA_FORMAT_VERSION = 2
 TRAIN_SOURCES = ("tux", "noto", "openclipart", "fmnist")
 DRAWING_SOURCES = ("tux", "noto", "openclipart", "openmoji")   # where near-duplicate matching is meaningful
@@ -86,6 +86,14 @@ def data_digest(folder: Path) -> str | None:
     """The content digest recorded in a built data set's ``build.json`` (``None`` when it has none)."""
     try:
         return json.loads((folder / "build.json").read_text()).get("content")
+    except (OSError, ValueError):
+        return None
+
+
+def read_fingerprint(folder: Path) -> str | None:
+    """The settings fingerprint recorded in a built data set's ``build.json`` (``None`` when it has none)."""
+    try:
+        return json.loads((folder / "build.json").read_text()).get("fingerprint")
     except (OSError, ValueError):
         return None
 
@@ -218,6 +226,7 @@ def split_records(profile: DataProfile, records: dict[str, list[dict]], skips: l
 
 
 def _thumbnails(records: list[dict], side: int = 16):
+    """Ink thumbnails 255 - pixel as integer-valued float64 rows (see :func:`near_duplicates`)."""
     import io
 
     import numpy as np
@@ -225,30 +234,36 @@ def _thumbnails(records: list[dict], side: int = 16):
 
     from .imageops import fit_square_pil
 
-    thumbs = [np.asarray(fit_square_pil(Image.open(io.BytesIO(r["jpg"])), side), dtype=np.float32).ravel() / 255
+    thumbs = [255 - np.asarray(fit_square_pil(Image.open(io.BytesIO(r["jpg"])), side), dtype=np.float64).ravel()
               for r in tqdm(records, desc="thumbnails", leave=False, mininterval=2)]
-    return np.stack(thumbs) if thumbs else np.zeros((0, side * side * 3), np.float32)
+    return np.stack(thumbs) if thumbs else np.zeros((0, side * side * 3), np.float64)
 
 
 def near_duplicates(train: list[dict], evaluation: list[dict], threshold: float = NEAR_DUPLICATE_DISTANCE
                     ) -> set[int]:
     """ids of training records whose thumbnail is within ``threshold`` of an evaluation record of another
-    source; the distance is ||a - b|| over the larger "ink" norm ||1 - x|| (white background = 0)."""
+    source; the distance is ||a - b|| over the larger "ink" norm ||1 - x|| (white background = 0).
+
+    Exact: the thumbnails hold integers (0..255) and every product and sum below stays an integer under 2**53,
+    so float64 computes it without rounding whatever order the BLAS threads add in, and a drawing at the
+    threshold falls on the same side in every build (float32 sums depended on the thread count)."""
     import numpy as np
 
     if not train or not evaluation:
         return set()
     a, b = _thumbnails(train), _thumbnails(evaluation)
-    ink_a, ink_b = np.linalg.norm(1 - a, axis=1), np.linalg.norm(1 - b, axis=1)
+    ink_a, ink_b = (a * a).sum(1), (b * b).sum(1)   # squared ink norms (255 units)
     sources_b = np.array([r["source"] for r in evaluation])
+    t2 = threshold * threshold
     out = set()
     for start in range(0, len(a), 2048):
         block = a[start:start + 2048]
-        d2 = (block ** 2).sum(1)[:, None] + (b ** 2).sum(1)[None] - 2 * block @ b.T
-        rel = np.sqrt(np.maximum(d2, 0)) / np.maximum(np.maximum(ink_a[start:start + 2048, None], ink_b[None]), 1e-6)
+        d2 = ink_a[start:start + 2048, None] + ink_b[None] - 2 * block @ b.T   # exact integers
+        scale = np.maximum(np.maximum(ink_a[start:start + 2048, None], ink_b[None]), 1.0)
+        near = d2 < t2 * scale   # rel < threshold, squared: no square root to round
         for i in range(len(block)):
             r = train[start + i]
-            if (rel[i][sources_b != r["source"]] < threshold).any():
+            if near[i][sources_b != r["source"]].any():
                 out.add(id(r))
     return out
 
@@ -397,13 +412,14 @@ def build(profile_name: str, out: str | Path | None = None, data_root: str | Pat
     overlap = verify_overlap(partial_dir)
     if any(overlap.values()):
         raise TinyCLIPError(f"train/eval overlap after decontamination ({overlap}); this is a bug, please report it")
+    identity = {"fingerprint": fingerprint(profile), "content": content_digest(partial_dir)}
     card = make_card(profile, splits, skips, packages, rendered, overlap, build_seconds=time.time() - t0,
-                     folder=partial_dir)
+                     folder=partial_dir, identity=identity)
     (partial_dir / "card.json").write_text(json.dumps(card, indent=1, ensure_ascii=False) + "\n")
     render_card_figure(partial_dir, splits)
     (partial_dir / "build.json").write_text(json.dumps(
-        {"fingerprint": fingerprint(profile), "content": content_digest(partial_dir), "profile": profile.name,
-         "format": DATA_FORMAT_VERSION, "build_seconds": round(time.time() - t0, 1)}, indent=1) + "\n")
+        {**identity, "profile": profile.name, "format": DATA_FORMAT_VERSION,
+         "build_seconds": round(time.time() - t0, 1)}, indent=1) + "\n")
     if out.exists():
         shutil.rmtree(out)
     partial_dir.rename(out)

@@ -21,7 +21,9 @@ def _disk_bytes(folder: Path) -> int:
 
 
 def make_card(profile: DataProfile, splits: dict[str, list[dict]], skips: list, packages: dict,
-              rendered: dict[str, int], overlap: dict[str, int], build_seconds: float, folder: Path) -> dict:
+              rendered: dict[str, int], overlap: dict[str, int], build_seconds: float, folder: Path,
+              identity: dict[str, str] | None = None) -> dict:
+    """``identity``: the build settings' ``fingerprint`` and the ``content`` digest of the written files."""
     from .build import NEAR_DUPLICATE_DISTANCE
     from .sources import LICENCES
 
@@ -50,6 +52,9 @@ def make_card(profile: DataProfile, splits: dict[str, list[dict]], skips: list, 
             eval_sets[name]["per_class"] = dict(sorted(Counter(r["category"] for r in items).items()))
     return {
         "profile": profile.name,
+        # two builds with the same content digest hold byte-identical files (tinyclip.data.build.content_digest)
+        "identity": {"settings_fingerprint": (identity or {}).get("fingerprint"),
+                     "content_digest": (identity or {}).get("content")},
         "format": "webdataset (jpg, txt, json); evaluation sets in clip-benchmark wds/ layout",
         "packages": packages,
         "sources": sources,
@@ -72,9 +77,15 @@ def make_card(profile: DataProfile, splits: dict[str, list[dict]], skips: list, 
 def load_card(folder: str | Path) -> dict:
     path = Path(folder) / "card.json"
     try:
-        return json.loads(path.read_text())
+        card = json.loads(path.read_text())
     except FileNotFoundError:
         raise TinyCLIPError(f"no data card at {path}; build the data set first (tinyclip data build)") from None
+    if "identity" not in card:  # built before the card carried it: build.json has the same values
+        from .build import data_digest, read_fingerprint
+
+        card["identity"] = {"settings_fingerprint": read_fingerprint(Path(folder)),
+                            "content_digest": data_digest(Path(folder))}
+    return card
 
 
 def format_card(card: dict) -> str:
@@ -89,6 +100,9 @@ def format_card(card: dict) -> str:
     for name, e in card["eval_sets"].items():
         lines.append(f"eval/{name:<8} n={e['n']:<6} {e['task']}: {e['description']}")
     lines.append(f"train/eval overlap by image hash: {card['train_eval_overlap_by_image_hash']['total']}")
+    ident = card.get("identity") or {}
+    lines.append(f"content digest: {ident.get('content_digest')}  (settings fingerprint "
+                 f"{ident.get('settings_fingerprint')}; equal digests = byte-identical shards)")
     return "\n".join(lines)
 
 
