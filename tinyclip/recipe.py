@@ -43,13 +43,14 @@ from __future__ import annotations
 import copy
 import json
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from .errors import TinyCLIPError, one_line
+from . import recipe_schema as schema
+from .errors import TinyCLIPError
+from .recipe_schema import fail as _fail
+from .recipe_schema import number as _number
 from .runs import config_hash, file_digest
 
 RUN_FORMAT = 1  # bump when the meaning of a resolved config changes, so old runs are not reused by mistake
@@ -170,23 +171,6 @@ class Recipe:
 
 
 # ----------------------------------------------------------------------------------------------- parsing
-def _fail(where: str, message: str) -> TinyCLIPError:
-    return TinyCLIPError(f"{where}: {message}")
-
-
-def _number(value: Any, where: str, kind=float) -> Any:
-    # YAML 1.1 reads "1e-4" (no dot) as a string; accept it as the number it obviously is.
-    try:
-        number = kind(value)
-    except (TypeError, ValueError):
-        raise _fail(where, f"expected a number, got {value!r}") from None
-    if kind is int and isinstance(value, float) and value != int(value):
-        raise _fail(where, f"expected an integer, got {value!r}")
-    if kind is float and not math.isfinite(number):
-        raise _fail(where, f"expected a finite number, got {value!r}")
-    return number
-
-
 def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     """Recursive dict merge; ``override`` wins. Non-dict values (and a dict replacing a string) replace."""
     out = copy.deepcopy(base)
@@ -319,9 +303,7 @@ def _parse_stage(raw: dict[str, Any], index: int, defaults: dict[str, Any], has_
     if init == "previous" and index == 0:
         raise _fail(where, "init: previous needs a previous stage; the first stage inherits from the teacher")
 
-    data_raw = merged["data"]
-    if not isinstance(data_raw, dict) or set(data_raw) - {f.name for f in fields(DataSpec)}:
-        raise _fail(where, f"data: expected keys {[f.name for f in fields(DataSpec)]}, got {data_raw!r}")
+    data_raw = schema.check_data(merged["data"], where)
     if data_raw.get("root"):
         data_raw = {**data_raw, "root": _resolve_path(data_raw["root"], base_dir), "profile": None}
     data = DataSpec(**data_raw)
@@ -368,45 +350,22 @@ def _parse_stage(raw: dict[str, Any], index: int, defaults: dict[str, Any], has_
     if precision not in _PRECISIONS:
         raise _fail(where, f"precision must be one of {_PRECISIONS}, got {precision!r}")
 
-    logit = merged["logit_scale"]
-    if isinstance(logit, str):
-        logit = {"mode": logit}
-    mode = logit.get("mode")
-    if mode == "fixed":
-        value = _number(logit.get("value", 50.0), f"{where}: logit_scale.value")
-        if value <= 0:
-            raise _fail(where, "logit_scale.value must be positive (it is exp(logit_scale), e.g. 50)")
-        logit = {"mode": "fixed", "value": value}
-    elif mode == "learned":
-        logit = {"mode": "learned", "max": _number(logit.get("max", 100.0), f"{where}: logit_scale.max")}
-    else:
-        raise _fail(where, f"logit_scale.mode must be 'fixed' (official, 50) or 'learned', got {mode!r}")
-
-    if data.fixed_views < 0 or data.workers < 0:
-        raise _fail(where, "data.fixed_views and data.workers must be ≥ 0")
-    if data.loader not in ("auto", "memory", "stream"):
-        raise _fail(where, f"data.loader must be auto, memory or stream, got {data.loader!r}")
-
-    evaluation = merged["eval"]
-    eval_keys = set(STAGE_DEFAULTS["eval"])
-    if not isinstance(evaluation, dict) or set(evaluation) - eval_keys:
-        raise _fail(where, f"eval: expected keys {sorted(eval_keys)}; got {evaluation!r}")
-    tasks = evaluation["tasks"]
-    if tasks is None:
+    # replaced, never merged: the mode decides which keys belong (a stage's {mode: learned, max: 100} must not
+    # inherit the default's value, and a misspelt key must not hide behind one)
+    logit = schema.check_logit_scale(raw.get("logit_scale", defaults.get("logit_scale",
+                                                                         STAGE_DEFAULTS["logit_scale"])), where)
+    evaluation = schema.check_eval(merged["eval"], where)
+    if evaluation["tasks"] is None:
         from .data.profiles import EVAL_SETS
 
         built = data.resolved_root() / "eval"
-        tasks = [t for t in EVAL_SETS if (built / t).is_dir()] if built.is_dir() else list(EVAL_SETS)
-    max_items = evaluation["max_items"]
-    evaluation = {"tasks": list(tasks),
-                  "every": _number(evaluation["every"], f"{where}: eval.every", int),
-                  "batch_size": _number(evaluation["batch_size"], f"{where}: eval.batch_size", int),
-                  "imagenet": _resolve_path(evaluation["imagenet"], base_dir) if evaluation["imagenet"] else None,
-                  "max_items": None if max_items is None else _number(max_items, f"{where}: eval.max_items", int)}
+        evaluation["tasks"] = [t for t in EVAL_SETS if (built / t).is_dir()] if built.is_dir() else list(EVAL_SETS)
+    if evaluation["imagenet"]:
+        evaluation["imagenet"] = _resolve_path(evaluation["imagenet"], base_dir)
 
     auto = None
     if kind == "auto":
-        auto = _parse_auto(merged["auto"], where)
+        auto = schema.check_auto(merged["auto"], where)
         if auto["mask_steps"] >= steps:  # the stage is mask phase, prune, then distillation of the pruned student
             raise _fail(where, f"auto.mask_steps ({auto['mask_steps']}) must be fewer than the stage's {steps} "
                                "steps: the pruned student is distilled for the rest")
@@ -419,16 +378,15 @@ def _parse_stage(raw: dict[str, Any], index: int, defaults: dict[str, Any], has_
     if merged["teacher_cache"] and data.fixed_views == 0:
         raise _fail(where, "teacher_cache needs data.fixed_views > 0: a view fixes a sample's augmentation and "
                            "caption, so its teacher embedding can be stored (augment: false for exact equality)")
-    if not isinstance(merged["inherit"], dict) or set(merged["inherit"]) - {"depth_rule", "width_rule"}:
-        raise _fail(where, f"inherit: expected keys depth_rule, width_rule; got {merged['inherit']!r}")
+    inherit = schema.check_inherit(merged["inherit"], where)
 
     return StageSpec(
         name=name, student=student, kind=kind, init=init, init_model=init_model, init_weights=init_weights,
-        inherit=dict(merged["inherit"]),
+        inherit=inherit,
         loss=_parse_loss(merged["loss"], f"{where}: loss"), data=data, steps=steps, batch=batch, lr=lr,
         warmup_steps=warmup_steps, weight_decay=weight_decay, betas=betas, eps=eps, grad_clip=grad_clip,
         precision=precision, logit_scale=logit, eval=evaluation, teacher_cache=bool(merged["teacher_cache"]),
-        checkpoint_every=_number(merged["checkpoint_every"], f"{where}: checkpoint_every", int),
+        checkpoint_every=_number(merged["checkpoint_every"], f"{where}: checkpoint_every", int, low=1),
         log_every=max(1, _number(merged["log_every"], f"{where}: log_every", int)), auto=auto)
 
 
@@ -438,21 +396,6 @@ def _epoch_size(data: DataSpec, where: str) -> int:
         if sizes.is_file():
             return int(sum(json.loads(sizes.read_text()).values()))
     raise _fail(where, f"epochs need the training shards' sizes.json under {root}; build the data or give samples")
-
-
-def _parse_auto(raw: Any, where: str) -> dict[str, Any]:
-    """An ``auto:`` mapping as :class:`tinyclip.inherit.auto.AutoInheritSpec` validates and resolves it."""
-    from .inherit.auto import AutoInheritSpec
-
-    if not isinstance(raw, dict):
-        raise _fail(where, f"auto: expected a mapping with target_sparsity etc., got {raw!r}")
-    for key in ("target_sparsity", "start_sparsity"):  # checked here too: a number in [0, 1), one clear line
-        if key in raw and not 0.0 <= _number(raw[key], f"{where}: auto.{key}") < 1.0:
-            raise _fail(where, f"auto.{key} must lie in [0, 1), got {raw[key]}")
-    try:
-        return AutoInheritSpec.from_dict(dict(raw)).to_dict()
-    except TinyCLIPError as exc:
-        raise _fail(where, str(exc)) from None
 
 
 def parse_recipe(raw: dict[str, Any], path: Path | None = None, seed: int | None = None) -> Recipe:
@@ -488,11 +431,7 @@ def load_recipe(path: str | Path, seed: int | None = None) -> Recipe:
     path = Path(path).expanduser().absolute()
     if not path.is_file():
         raise TinyCLIPError(f"recipe {path} does not exist; the shipped recipes are in recipes/")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise TinyCLIPError(f"recipe {path} is not valid YAML ({one_line(exc)})") from None
-    return parse_recipe(raw, path, seed)
+    return parse_recipe(schema.read_yaml(path), path, seed)
 
 
 # ----------------------------------------------------------------------------------------------- resolution
