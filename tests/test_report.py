@@ -3,7 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from tinyclip import report, table2
+from tinyclip import report
+from tinyclip.studies import table2
 from tinyclip.errors import TinyCLIPError
 
 

@@ -19,7 +19,7 @@ _COMMAND_MODULES = [
     "tinyclip.data",            # tinyclip data build|card
     "tinyclip.eval",            # tinyclip eval
     "tinyclip.commands",        # tinyclip train-teacher | distill | smoke
-    "tinyclip.table2",          # tinyclip reproduce-table2
+    "tinyclip.studies.table2",  # tinyclip reproduce-table2
 ]
 
 

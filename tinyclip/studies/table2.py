@@ -21,14 +21,14 @@ import open_clip
 import torch
 from torch import nn
 
-from . import zoo
-from .errors import TinyCLIPError
-from .inherit.auto import official_split_chain
-from .inherit.manual import inherit_manual
-from .pruned import PrunedCLIP
-from .recipe import load_recipe, resolve_device, resolve_recipe, teacher_recipe
-from .runs import Run, project_root
-from .throughput import throughput_table
+from .. import zoo
+from ..errors import TinyCLIPError
+from ..inherit.auto import official_split_chain
+from ..inherit.manual import inherit_manual
+from ..pruned import PrunedCLIP
+from ..recipe import load_recipe, resolve_device, resolve_recipe, teacher_recipe
+from ..runs import Run, project_root
+from ..throughput import throughput_table
 
 RECIPES_DIR = project_root() / "recipes"
 TABLE2_RECIPES = ("manual", "scratch", "auto")   # part (c): recipes/<profile>_<kind>.yaml
@@ -235,7 +235,7 @@ def teacher_routes(profile: str = "mini", seed: int | None = None) -> list[dict[
     """The teacher routes of DESIGN.md §5 with what each reached: the LiT teacher (pretrained PyPI towers +
     trained heads), the mini teacher distilled from it (``{profile}_teacher.yaml``) and the same teacher trained
     from scratch (``{profile}_teacher_scratch.yaml``); rows only for what has been built or finished."""
-    from .lit import default_out_dir
+    from ..lit import default_out_dir
 
     rows = []
     recipe = load_recipe(RECIPES_DIR / f"{profile}_teacher.yaml", seed=seed) \
@@ -273,10 +273,10 @@ def reproduce(profile: str = "mini", *, parallel: int | None = None, train: bool
     recipes with torchrun) and renders the published and paper-scale parts."""
     import sys
 
-    from .jobs import run_many
+    from ..jobs import run_many
 
     if train and profile != "paper":
-        from .data.build import build
+        from ..data.build import build
 
         build(profile)
         # one process per recipe by default: on 2 cores three single-thread jobs side by side finished the mini
@@ -303,7 +303,7 @@ def reproduce(profile: str = "mini", *, parallel: int | None = None, train: bool
     elif profile == "paper":
         print("paper profile: part (c) reads finished runs of recipes/paper_*.yaml (train them with torchrun on "
               "GPUs with LAION/YFCC shards and a ViT-B/32 checkpoint); rendering parts (a) and (b)", file=sys.stderr)
-    from .report import render
+    from ..report import render
 
     return render("table2", profile)
 
@@ -312,12 +312,3 @@ def _cmd_reproduce(args) -> int:
     out = reproduce(args.profile, parallel=args.parallel, train=not args.no_train)
     print(json.dumps({"report": str(out), "profile": args.profile}))
     return 0
-
-
-def add_cli(subparsers) -> None:
-    parser = subparsers.add_parser("reproduce-table2", help="data, the Table 2 recipes, and reports/table2.html")
-    parser.add_argument("--profile", default="mini", choices=["smoke", "mini", "paper"])
-    parser.add_argument("--parallel", type=int, default=None,
-                        help="recipes trained side by side (default: all of them, one torch thread each)")
-    parser.add_argument("--no-train", action="store_true", help="only render what has finished")
-    parser.set_defaults(func=_cmd_reproduce)
