@@ -41,6 +41,20 @@ def _run_cli(args: argparse.Namespace, teacher_only: bool) -> int:
     return 0
 
 
+def cli_train_teacher(args: argparse.Namespace) -> int:
+    return _run_cli(args, teacher_only=True)
+
+
+def cli_distill(args: argparse.Namespace) -> int:
+    return _run_cli(args, teacher_only=False)
+
+
+def cli_smoke(args: argparse.Namespace) -> int:
+    _apply_threads(args.threads)
+    print(json.dumps(smoke(auto=args.auto)))
+    return 0
+
+
 def smoke(recipe_path: str | Path | None = None, *, auto: bool = False) -> dict:
     """The smoke profile end to end (``make smoke``): data, teacher, the 2-stage manual chain, evaluation.
     ``auto`` (``make smoke-auto``): the 2-stage automatic chain (recipes/smoke_auto.yaml) instead, whose final
@@ -82,28 +96,3 @@ def _reload_pruned(recipe: Recipe, summary: dict) -> dict:
     return {"stage": stage.name, "reloaded_metrics_equal": metrics == summary["metrics"],
             "target_sparsity": report["target_sparsity"], "achieved_sparsity": report["achieved_sparsity"],
             "pruned_vs_masked_max_abs_diff": report["pruned_vs_masked_max_abs_diff"]}
-
-
-def add_cli(subparsers: argparse._SubParsersAction) -> None:
-    for name, teacher_only, help_text in (
-            ("train-teacher", True, "train a CLIP teacher from scratch (contrastive loss) from a recipe"),
-            ("distill", False, "multi-stage distillation (paper §3.3) from a recipe")):
-        p = subparsers.add_parser(name, help=help_text, description=help_text)
-        p.add_argument("--recipe", action="append", required=True, metavar="FILE",
-                       help="recipe YAML (repeat to run several, see --parallel)")
-        p.add_argument("--seed", action="append", type=int, metavar="N",
-                       help="override the recipe's seed (repeat to run several seeds)")
-        p.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
-        p.add_argument("--force", action="store_true", help="retrain finished stages instead of reusing them")
-        p.add_argument("--stage", metavar="NAME", help="stop after this stage (and --force only it)")
-        p.add_argument("--parallel", type=int, default=1, metavar="N",
-                       help="run the recipe × seed jobs in N processes at a time")
-        p.add_argument("--threads", type=int, metavar="N", help="torch threads per process")
-        p.set_defaults(func=lambda args, t=teacher_only: _run_cli(args, t))
-    p = subparsers.add_parser("smoke", help="smoke profile end to end: data, teacher, 2-stage chain, eval; "
-                              "prints JSON (teacher, students, wall_s) as its last line")
-    p.add_argument("--threads", type=int, metavar="N", help="torch threads")
-    p.add_argument("--auto", action="store_true", help="the automatic-inheritance chain (recipes/smoke_auto.yaml), "
-                   "then reload and re-evaluate its pruned student; adds target_sparsity, achieved_sparsity and "
-                   "pruned_vs_masked_max_abs_diff of the final stage")
-    p.set_defaults(func=lambda args: _apply_threads(args.threads) or print(json.dumps(smoke(auto=args.auto))) or 0)

@@ -273,10 +273,16 @@ def _cli_eval(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     eval_root = Path(args.eval_root) if args.eval_root else profile_dir(args.profile, args.data_root) / "eval"
     tasks = [t for t in args.tasks.split(",") if t] if args.tasks else list(EVAL_SETS)
+    if args.format == "clip_benchmark" and not args.out:
+        raise TinyCLIPError("--format clip_benchmark writes one result file per data set: give the folder as --out")
     t0 = time.time()
     model, preprocess, tokenizer = load_open_clip(args.model, args.weights, args.device)
     results = evaluate_model(model, preprocess, tokenizer, eval_root, tasks=tasks, batch_size=args.batch_size,
                              device=args.device, imagenet_root=args.imagenet, max_items=args.max_items)
+    if args.format == "clip_benchmark":
+        paths = write_clip_benchmark_results(results, args.out, model=args.model, pretrained=args.weights)
+        print(json.dumps({"format": "clip_benchmark", "files": [str(p) for p in paths]}))
+        return 0
     report = {"model": args.model, "weights": args.weights, "profile": args.profile, "eval_root": str(eval_root),
               "results": results, "descriptions": {k: DESCRIPTIONS[k] for k in results},
               "seconds": round(time.time() - t0, 1)}
@@ -291,17 +297,31 @@ def _cli_eval(args) -> int:
     return 0
 
 
-def add_cli(subparsers) -> None:
-    p = subparsers.add_parser("eval", help="zero-shot classification and retrieval metrics (clip-benchmark)")
-    p.add_argument("--model", required=True, help="an open_clip model name or local-dir:DIR")
-    p.add_argument("--weights", default=None, help="a checkpoint file (.pt/.safetensors) for --model")
-    p.add_argument("--profile", default="mini", choices=["smoke", "mini"])
-    p.add_argument("--data-root", default=None, help="folder holding <profile>/ (default: data/)")
-    p.add_argument("--eval-root", default=None, help="the evaluation sets folder (default: <data root>/<profile>/eval)")
-    p.add_argument("--tasks", default=None, help=f"comma-separated subset of {','.join(EVAL_SETS)}")
-    p.add_argument("--imagenet", default=None, help="ImageNet val (clip-benchmark wds or torchvision folder)")
-    p.add_argument("--max-items", type=int, default=None, help="evaluate the first N items of each set")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--out", default=None, help="also write the results JSON here")
-    p.set_defaults(func=_cli_eval)
+def write_clip_benchmark_results(results: dict[str, dict[str, float]], out_dir: str | Path, *, model: str,
+                                 pretrained: str | None, language: str = "en") -> list[Path]:
+    """One clip_benchmark result file per data set (``clip_benchmark eval``'s own JSON: ``dataset``, ``model``,
+    ``pretrained``, ``task``, ``metrics``, ``language``), named by its default output template
+    ``{dataset}_{pretrained}_{model}_{language}_{task}.json``, so ``clip_benchmark build`` and its users' tooling
+    read our results. The item count ``n`` stays out of ``metrics``, as clip_benchmark reports none."""
+    from .runs import atomic_write_text
+
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TinyCLIPError(f"cannot create the result folder {out} ({exc.strerror}); choose a writable --out") \
+            from None
+    # clip_benchmark names a weights file by its basename; a local-dir model carries its own weights
+    pretrained_slug = Path(pretrained).name if pretrained else "local-dir" if model.startswith("local-dir:") \
+        else "random-init"
+    model_slug = model.replace("/", "_")
+    written = []
+    for name, metrics in results.items():
+        dataset = f"wds/{name}" if name in EVAL_SETS else name
+        task = EVAL_SETS[name][0] if name in EVAL_SETS else "zeroshot_classification"
+        dump = {"dataset": dataset, "model": model, "pretrained": pretrained_slug, "task": task,
+                "metrics": {k: v for k, v in metrics.items() if k != "n"}, "language": language}
+        path = out / f"{dataset.replace('/', '_')}_{pretrained_slug}_{model_slug}_{language}_{task}.json"
+        atomic_write_text(path, json.dumps(dump))
+        written.append(path)
+    return written

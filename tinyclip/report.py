@@ -112,13 +112,3 @@ def _cmd_report(args: argparse.Namespace) -> int:
     out = render(args.name, args.profile, params, timeout_s=args.timeout)
     print(json.dumps({"report": str(out), "notebook": args.name, "profile": args.profile}))
     return 0
-
-
-def add_cli(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("report", help="execute a notebook (papermill) and render its HTML report")
-    parser.add_argument("name", help="notebook name under notebooks/ (without .ipynb)")
-    parser.add_argument("--profile", default=DEFAULT_PROFILE, choices=["smoke", "mini", "paper"])
-    parser.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("KEY", "VALUE"),
-                        help="notebook parameter (YAML-parsed value); repeatable")
-    parser.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds")
-    parser.set_defaults(func=_cmd_report)

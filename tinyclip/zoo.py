@@ -235,10 +235,3 @@ def _cmd_models(args: argparse.Namespace) -> int:
     else:
         print(_format_table(entries))
     return 0
-
-
-def add_cli(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("models", help="the model zoo: parameters, MACs and published references")
-    parser.add_argument("names", nargs="*", help="models to describe (default: the whole zoo)")
-    parser.add_argument("--json", action="store_true", help="print a JSON list, one object per model")
-    parser.set_defaults(func=_cmd_models)

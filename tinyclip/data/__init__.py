@@ -7,10 +7,9 @@
 """
 from .build import build, is_built
 from .card import format_card, load_card
-from .cli import add_cli
 from .loader import PairSource, StreamSource, TrainDataSpec, stream_webdataset
 from .profiles import DEFAULT_WEIGHTS, EVAL_SETS, PROFILES, DataProfile, cache_dir, data_root, get_profile, profile_dir
 
-__all__ = ["DEFAULT_WEIGHTS", "EVAL_SETS", "PROFILES", "DataProfile", "PairSource", "StreamSource", "TrainDataSpec", "add_cli", "build",
+__all__ = ["DEFAULT_WEIGHTS", "EVAL_SETS", "PROFILES", "DataProfile", "PairSource", "StreamSource", "TrainDataSpec", "build",
            "cache_dir", "data_root", "format_card", "get_profile", "is_built", "load_card", "profile_dir",
            "stream_webdataset"]

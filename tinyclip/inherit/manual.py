@@ -592,22 +592,6 @@ def _arch_summary(a: _Arch) -> dict:
 # --------------------------------------------------------------------------------------------------------------
 # CLI: tinyclip inherit
 
-def add_cli(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "inherit", help="make a student by manual weight inheritance (paper §3.2) and export it as local-dir",
-        description="Build STUDENT from TEACHER's weights by manual inheritance (paper §3.2) and write an open_clip "
-                    "local-dir folder (load it with open_clip.create_model('local-dir:DIR')). The last line of "
-                    "output is a JSON summary.")
-    p.add_argument("--teacher", required=True, help="registered open_clip config name or local-dir:PATH")
-    p.add_argument("--teacher-weights", metavar="FILE",
-                   help=".pt/.safetensors state dict for a named teacher (open_clip format); "
-                        "without it the teacher is randomly initialised")
-    p.add_argument("--student", required=True, help="registered open_clip config name or local-dir:PATH")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder (replaced if it is an export)")
-    p.add_argument("--depth-rule", choices=DEPTH_RULES, default="even")
-    p.add_argument("--width-rule", choices=WIDTH_RULES, default="leading")
-    p.set_defaults(func=_cli_inherit)
-
 
 def _cli_inherit(args: argparse.Namespace) -> int:
     spec = ManualInheritSpec(depth_rule=args.depth_rule, width_rule=args.width_rule)
