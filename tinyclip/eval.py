@@ -256,6 +256,10 @@ def load_open_clip(model_name: str, weights: str | None = None, device: str = "c
         raise TinyCLIPError(f"weights file {weights} does not exist")
     if model_name.startswith("local-dir:") and not Path(model_name[len("local-dir:"):]).is_dir():
         raise TinyCLIPError(f"model folder {model_name[len('local-dir:'):]} does not exist")
+    if not model_name.startswith("local-dir:"):
+        from .zoo import model_config
+
+        model_config(model_name)   # an unknown name: one line that says where the known ones are listed
     try:
         model = open_clip.create_model(model_name, pretrained=weights, device=device)
         tokenizer = open_clip.get_tokenizer(model_name)

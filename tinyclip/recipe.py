@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from . import recipe_schema as schema
-from .errors import TinyCLIPError
+from .errors import TinyCLIPError, one_line
 from .recipe_schema import fail as _fail
 from .recipe_schema import number as _number
 from .runs import config_hash, file_digest
@@ -677,7 +677,15 @@ def check_inputs(recipe: Recipe, _seen: tuple[Path, ...] = ()) -> None:
 
 def _check_model_weights(model: str, weights: str | None, where: str) -> dict[str, Any]:
     cfg = model_cfg_of(model)
-    if weights is not None and is_weights_file(weights) and not Path(weights).is_file():
-        raise TinyCLIPError(f"{where}: weights file {weights} does not exist; give an existing checkpoint file, "
-                            "a pretrained tag, or null")
+    if weights is not None and is_weights_file(weights):
+        if not Path(weights).is_file():
+            raise TinyCLIPError(f"{where}: weights file {weights} does not exist; give an existing checkpoint file, "
+                                "a pretrained tag, or null")
+        import open_clip
+
+        try:  # loaded once here, before any run folder exists: corrupt, truncated or another model's weights
+            open_clip.create_model(model, pretrained=weights)
+        except Exception as exc:  # noqa: BLE001 — torch, safetensors and open_clip raise many types
+            raise TinyCLIPError(f"{where}: weights file {weights} does not load into {model} "
+                                f"({one_line(exc, 120, with_type=True)}); give a checkpoint of that model") from None
     return cfg

@@ -194,7 +194,11 @@ class Run:
         """Hold an exclusive ``flock`` on the run while working on it. A second process asking for the same run
         (a parallel arm sharing a teacher) waits here and then finds the run finished. The kernel drops the lock
         when its holder dies, even by SIGKILL."""
-        self.dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise TinyCLIPError(f"cannot write the run folder {self.dir} ({exc.strerror}); point TINYCLIP_RUNS_ROOT "
+                                "at a writable folder") from None
         with open(self.dir / ".lock", "w") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:

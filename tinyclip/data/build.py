@@ -397,6 +397,12 @@ def build(profile_name: str, out: str | Path | None = None, data_root: str | Pat
         # Never delete a folder we did not write (e.g. a mistyped --out).
         raise TinyCLIPError(f"refusing to replace {out}: it is not empty and holds no tinyclip data build "
                             f"(build.json); choose another --out or empty it")
+    for folder in (out.parent,) if profile.kind == "synthetic" else (out.parent, cache_dir(data_root)):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise TinyCLIPError(f"cannot write the data folder {folder} ({exc.strerror}); give a writable "
+                                "--data-root (or TINYCLIP_DATA_ROOT)") from None
     t0 = time.time()
     if profile.kind == "synthetic":
         records, skips, packages = collect_smoke(profile)
