@@ -197,6 +197,8 @@ def check_auto(raw: Any, where: str) -> dict[str, Any]:
             raise fail(where, f"auto.towers: expected a non-empty list from {', '.join(TOWERS)}, got {towers!r}")
     if raw.get("reference_params") is not None:
         raw["reference_params"] = number(raw["reference_params"], f"{where}: auto.reference_params", int, low=1)
+    if raw.get("lambda_init") is not None:
+        raw["lambda_init"] = number(raw["lambda_init"], f"{where}: auto.lambda_init", low=0.0)
     if "deterministic" in raw:
         raw["deterministic"] = choice(raw["deterministic"], ("target", "cofi"), f"{where}: auto.deterministic")
     try:

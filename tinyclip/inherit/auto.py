@@ -124,6 +124,9 @@ class AutoInheritSpec:
     towers: tuple[str, ...] = TOWERS
     reference_params: int | None = None  # original teacher size; None: taken from the student's config
     official_lagrangian: bool = False  # one-sided hinge, lambdas start at 10 (official code)
+    # starting value of lambda_1 and lambda_2; None: 0 (CoFi, this code's default) or 10 (official_lagrangian).
+    # The paper's text starts them at 0.01 (recipes/paper_auto_vit.yaml)
+    lambda_init: float | None = None
     # deterministic masks: "target" keeps the gates with the largest log-alpha, ranked jointly over both towers,
     # until the pruned size reaches the target; "cofi" keeps round(sum P(z != 0)) gates per group (official)
     deterministic: str = "target"
@@ -149,6 +152,9 @@ class AutoInheritSpec:
             raise TinyCLIPError(f"auto inheritance: deterministic={self.deterministic!r} must be 'target' or 'cofi'")
         if self.reference_params is not None and self.reference_params < 1:
             raise TinyCLIPError("auto inheritance: reference_params must be a positive parameter count")
+        if self.lambda_init is not None and not (isinstance(self.lambda_init, (int, float))
+                                                 and math.isfinite(self.lambda_init)):
+            raise TinyCLIPError(f"auto inheritance: lambda_init={self.lambda_init!r} must be a finite number or null")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "AutoInheritSpec":
@@ -160,7 +166,10 @@ class AutoInheritSpec:
         return cls(**data)
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "towers": list(self.towers)}
+        out = {**asdict(self), "towers": list(self.towers)}
+        if out["lambda_init"] is None:   # unset: the run identities of recipes written before it existed stay
+            del out["lambda_init"]
+        return out
 
     def target_at(self, step: int) -> float:
         """Target sparsity q(step): linear ramp from start to target over ``sparsity_warmup`` steps."""
@@ -465,7 +474,8 @@ class MaskedCLIP(nn.Module):
         self.masks = nn.ModuleDict(
             {t: TowerMasks(config.towers()[t], spec.prune_layers) for t in spec.towers}
         ).to(device)
-        lambda_init = OFFICIAL_LAMBDA_INIT if spec.official_lagrangian else 0.0
+        lambda_init = spec.lambda_init if spec.lambda_init is not None else \
+            OFFICIAL_LAMBDA_INIT if spec.official_lagrangian else 0.0
         self.lambda_1 = nn.Parameter(torch.tensor(lambda_init, device=device))
         self.lambda_2 = nn.Parameter(torch.tensor(lambda_init, device=device))
         self._fixed_params = param_counts(self.model)  # towers that are not masked keep their size
