@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 PROFILE ?= mini
 STAMP := $(VENV)/.installed
 
-.PHONY: env test models data data-card smoke smoke-auto check-resume reproduce-table2 report lab
+.PHONY: env test test-gpu models data data-card smoke smoke-auto check-resume reproduce-table2 report lab
 
 env: $(STAMP)
 
@@ -22,6 +22,10 @@ $(STAMP): requirements.txt pyproject.toml
 
 test: env
 	$(PY) -m pytest
+
+# The CUDA tests (bf16 / fp16 steps, NCCL torchrun, mask phase, resume); `make test` hides the GPU from the rest.
+test-gpu: env
+	$(PY) -m pytest -m gpu
 
 models: env
 	$(PY) -m tinyclip models

@@ -1,6 +1,15 @@
-"""Fixtures shared by the trainer tests."""
+"""Fixtures shared by the trainer tests, and the CPU pin: tests not marked ``gpu`` run on the CPU even on a
+machine with a GPU (``device: auto`` would pick CUDA there, and bit-exact comparisons assume CPU arithmetic)."""
+import os
+
 import pytest
 import torch
+
+
+def pytest_configure(config):
+    # before anything initialises CUDA; inherited by the torchrun and job subprocesses the tests start
+    if "gpu" not in (config.option.markexpr or ""):
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
 
 @pytest.fixture(scope="module")

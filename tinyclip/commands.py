@@ -34,7 +34,7 @@ def _run_cli(args: argparse.Namespace, teacher_only: bool) -> int:
     recipe = load_recipe(recipes[0], seed=seeds[0])
     if teacher_only and recipe.teacher.kind not in ("none", "embeddings", "lit"):
         raise TinyCLIPError(f"recipe {recipe.name!r} distils from a teacher model; run it with `tinyclip distill`")
-    world = init_world()
+    world = init_world(resolve_device(recipe.device))
     summaries = run_recipe(recipe, resume=args.resume, force=args.force, stage=args.stage, world=world)
     if world.is_main:
         print(json.dumps(summaries))

@@ -90,7 +90,7 @@ def run_recipe(recipe: Recipe, *, resume: bool = False, force: bool = False, sta
     from .inherit.manual import ManualInheritSpec, inherit_manual
     from .pruned import load_pruned
 
-    world = world or init_world()
+    world = world or init_world(resolve_device(recipe.device))
     check_inputs(recipe)
     build_lit_teachers(recipe, world)
     last = recipe.stage_index(stage) if stage is not None else len(recipe.stages) - 1
@@ -128,7 +128,9 @@ def run_recipe(recipe: Recipe, *, resume: bool = False, force: bool = False, sta
 
             # the student (paper §3.2): inherited from the teacher, the previous stage's student or another
             # model (init: {model, weights}), or random
-            torch.manual_seed(recipe.seed)
+            # each rank its own stream, seed + rank (as the official code): the masks' gate samples differ per
+            # rank like its batch rows; DDP copies rank 0's initial weights to every rank when it wraps them
+            torch.manual_seed(recipe.seed + world.rank)
             inherit = ManualInheritSpec(**spec.inherit)
             previous_auto = index > 0 and recipe.stages[index - 1].kind == "auto"
             if spec.init == "random":
@@ -151,6 +153,8 @@ def run_recipe(recipe: Recipe, *, resume: bool = False, force: bool = False, sta
                               mean, std, tokenizer.context_length])
             if key not in sources or spec.data.streamed:  # a chain's stages read the same data: decode it once
                 sources[key] = _data_source(spec, run.config, tokenizer, mean, std)
+                if run_device.startswith("cuda") and hasattr(sources[key], "to"):  # in-memory: images on the GPU
+                    sources[key].to(run_device)
             data = sources[key]
             teacher = _make_teacher(recipe, spec, run, teacher_model, data,
                                     preprocess={"mean": list(mean), "std": list(std),

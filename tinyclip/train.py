@@ -22,8 +22,9 @@ student and the contrastive loss.
 
 Deviations from the official code (research/official_impl.md §1.3, §5), each deliberate:
 
-* A non-finite loss stops the run with an error at once; the official loop skips such a step and aborts after
-  100 in a row. (With fp16 AMP, overflowing *gradients* are still skipped by the GradScaler, as officially.)
+* A non-finite loss stops the run with an error (at the next logging step: the check reads a flag kept on the
+  device, so the steps between run without waiting for the accelerator); the official loop skips such a step and
+  aborts after 100 in a row. (With fp16 AMP, overflowing *gradients* are still skipped by the GradScaler, as officially.)
 * Fixed logit scale (official ``--logit-scale 50``): the student's scale is set to log 50 *before* the first
   step and frozen; officially it is reset after each step, so the first step runs at the initial 14.3.
 * AdamW betas/eps are chosen by the vision tower type instead of by "vit" in the model name (same result for
@@ -35,6 +36,7 @@ Deviations from the official code (research/official_impl.md §1.3, §5), each d
 from __future__ import annotations
 
 import contextlib
+import datetime
 import logging
 import math
 import os
@@ -78,6 +80,14 @@ class World:
     def barrier(self) -> None:
         if self.world_size > 1:
             dist.barrier()
+
+    def gather(self, obj: Any) -> list[Any]:
+        """Every rank's ``obj``, in rank order (a list of one without torchrun)."""
+        if self.world_size <= 1:
+            return [obj]
+        objs: list[Any] = [None] * self.world_size
+        dist.all_gather_object(objs, obj)
+        return objs
 
 
 def train_stage(run: Run, stage: StageSpec, *, seed: int, teacher: "Teacher | None", student: nn.Module,
@@ -139,7 +149,7 @@ def train_stage(run: Run, stage: StageSpec, *, seed: int, teacher: "Teacher | No
         if mask_optimizer is not None:
             mask_optimizer.load_state_dict(state["mask_optimizer"])
         scaler.load_state_dict(state["scaler"])
-        _set_rng_state(state["rng"])
+        _set_rng_state(state.get("rng_ranks", [state["rng"]] * world.world_size)[world.rank])  # this rank's stream
         if world.is_main:
             run.truncate_metrics(start_step)  # the steps after the checkpoint are logged again below
     world.barrier()
@@ -147,14 +157,28 @@ def train_stage(run: Run, stage: StageSpec, *, seed: int, teacher: "Teacher | No
     progress = tqdm(total=stage.steps * stage.batch, initial=start_step * stage.batch, unit="pair",
                     unit_scale=True, desc=f"{stage.name}", disable=not world.is_main or _quiet(),
                     dynamic_ncols=True, mininterval=1.0)
+    # batches are built ahead (worker processes on CPU, the accelerator itself for an in-memory set on GPU);
+    # each is still the pure function data.batch(step, ...) computes. On CPU one worker keeps ahead (a batch
+    # costs a few % of a step) and more would take cores from the step. A source without ``batches`` (a
+    # benchmark's timing wrapper, a test double) is asked step by step.
+    on_gpu = device.startswith("cuda")
+    workers = stage.data.workers if on_gpu else min(stage.data.workers, 1)
+    steps = range(start_step, stage.steps)
+    batches = (data.batches(steps, stage.batch, seed, world.rank, world.world_size, workers=workers,
+                            pin_memory=on_gpu) if hasattr(type(data), "batches")
+               else (data.batch(step, stage.batch, seed, world.rank, world.world_size) for step in steps))
+    batches = iter(batches)
+    fixed_t_scale = torch.tensor(stage.logit_scale["value"], device=device) if fixed_scale else None
+    first_bad = torch.full((), -1, dtype=torch.long, device=device)  # first step with a non-finite loss
     record: dict[str, Any] = {}
-    t_last, logged_step, step_time = time.time(), start_step, 0.0
-    for step in range(start_step, stage.steps):
+    t_last, logged_step, step_time, data_wait = time.time(), start_step, 0.0, 0.0
+    for step in steps:
         t0 = time.time()
         lr = cosine_lr(step, stage.lr, stage.warmup_steps, stage.steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        images, tokens, sample_ids = data.batch(step, stage.batch, seed, world.rank, world.world_size)
+        images, tokens, sample_ids = next(batches)
+        data_wait += time.time() - t0
         images, tokens = images.to(device, non_blocking=True), tokens.to(device, non_blocking=True)
 
         # 1. teacher: embeddings from the cache, or a frozen forward pass (no gradients)
@@ -163,7 +187,7 @@ def train_stage(run: Run, stage: StageSpec, *, seed: int, teacher: "Teacher | No
             with autocast():
                 t_image, t_text, t_scale = teacher.embed(images, tokens, sample_ids)
             if fixed_scale:
-                t_scale = torch.tensor(stage.logit_scale["value"], device=device)
+                t_scale = fixed_t_scale
 
         # 2. student forward + distillation loss (the loss runs in fp32 whatever the autocast); in the mask
         #    phase the forward samples the gates and the Lagrangian sparsity term is added (paper §3.2)
@@ -173,18 +197,20 @@ def train_stage(run: Run, stage: StageSpec, *, seed: int, teacher: "Teacher | No
             lagrangian, sparsity_logs = masked.sparsity_loss(step)
             out = {**out, "loss": out["loss"] + lagrangian, "lagrangian": lagrangian}
         loss = out["loss"]
-        losses = _global_mean({"loss" if k == "loss" else f"loss_{k}": v.detach() for k, v in out.items()}, world)
-        if not math.isfinite(losses["loss"]):  # every rank sees the same mean, so all stop together
-            raise TinyCLIPError(f"stage {stage.name!r}: the loss is not finite at step {step} ({losses['loss']}); "
-                                "check the teacher weights and data, or lower lr")
+        terms = ["loss" if k == "loss" else f"loss_{k}" for k in out]
+        losses = _global_mean([v.detach() for v in out.values()], world)  # on the device until logged
+        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(losses[0]), step, first_bad)
 
-        # 3. backward, gradient-norm clipping (weights only, not log-α / λ), AdamW step, then the mask step
+        # 3. backward, gradient-norm clipping (weights only, not log-α / λ), AdamW step, then the mask step;
+        #    under fp16 loss scaling an overflow anywhere skips the weights, the masks and λ together
         optimizer.zero_grad(set_to_none=True)
         if mask_optimizer is not None:
             mask_optimizer.zero_grad()
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
         grad_norm = nn.utils.clip_grad_norm_(params, stage.grad_clip or math.inf)  # returns the norm before
+        if mask_optimizer is not None and scaler.is_enabled():
+            skip_together(scaler, [optimizer, *mask_optimizer.optimizers])
         scaler.step(optimizer)
         if mask_optimizer is not None:
             mask_optimizer.step(scaler if scaler.is_enabled() else None)
@@ -195,24 +221,36 @@ def train_stage(run: Run, stage: StageSpec, *, seed: int, teacher: "Teacher | No
             with torch.no_grad():
                 student.logit_scale.clamp_(0, math.log(stage.logit_scale["max"]))
 
-        # -- bookkeeping: metrics, progress, checkpoints, periodic eval ---------------------------------------
-        step_time += time.time() - t0
+        # -- bookkeeping: metrics, progress, checkpoints, periodic eval. Values are read back to the host (a
+        # sync with the accelerator) only where they are used: logging, checkpoints, eval, the end, on_step ----
         done = step + 1
-        record = {"step": step, "samples": done * stage.batch, "lr": lr, **losses, "grad_norm": float(grad_norm),
-                  "logit_scale": student.logit_scale.detach().exp().item(),
-                  **({"teacher_logit_scale": float(t_scale)} if t_scale is not None else {})}
-        if masked is not None:
-            record.update({k: float(v) for k, v in sparsity_logs.items()})
-        if world.is_main and (done % stage.log_every == 0 or done == stage.steps):
+        log_now = done % stage.log_every == 0 or done == stage.steps
+        eval_now = bool(stage.eval["every"]) and done % stage.eval["every"] == 0 and done < stage.steps
+        checkpoint_now = bool(stage.checkpoint_every) and done % stage.checkpoint_every == 0 and done < stage.steps
+        prune_now = masked is not None and done == mask_steps
+        if log_now or eval_now or checkpoint_now or prune_now or on_step is not None:
+            bad = int(first_bad)  # every rank sees the same global mean, so all stop together
+            if bad >= 0:
+                raise TinyCLIPError(f"stage {stage.name!r}: the loss is not finite at step {bad}; check the "
+                                    "teacher weights and data, or lower lr")
+            record = {"step": step, "samples": done * stage.batch, "lr": lr,
+                      **dict(zip(terms, losses.tolist())), "grad_norm": float(grad_norm),
+                      "logit_scale": student.logit_scale.detach().exp().item(),
+                      **({"teacher_logit_scale": float(t_scale)} if t_scale is not None else {})}
+            if masked is not None:
+                record.update({k: float(v) for k, v in sparsity_logs.items()})
+            progress.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}", refresh=False)
+        step_time += time.time() - t0
+        if world.is_main and log_now:
             if masked is not None:  # the size the prune would give now (0/1 masks)
                 for rule in ("deterministic", "cofi"):  # the size the prune gives now, and CoFi's rounding
                     record[f"{rule}_sparsity"] = 1 - masked.deterministic_params(rule)["total"] / masked.reference_params
             record["samples_per_s"] = round((done - logged_step) * stage.batch / max(time.time() - t_last, 1e-9), 2)
-            t_last, logged_step = time.time(), done
+            record["data_wait_s"] = round(data_wait, 4)  # time the loop waited for batches since the last record
+            t_last, logged_step, data_wait = time.time(), done, 0.0
             run.append_metrics(record)
         progress.update(stage.batch)
-        progress.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}", refresh=False)
-        if masked is not None and done == mask_steps:
+        if prune_now:
             # the end of the mask phase: prune to a dense student, then plain distillation with a fresh AdamW
             # (official: new optimiser without the L0 group; the lr goes on along the same schedule)
             student, auto_report = _prune(masked, images, tokens, auto, step)
@@ -222,15 +260,16 @@ def train_stage(run: Run, stage: StageSpec, *, seed: int, teacher: "Teacher | No
             if world.is_main:
                 run.append_metrics({"step": step, "pruned": {k: v for k, v in auto_report.items() if k != "config"}})
         current = masked or student
-        if stage.eval["every"] and done % stage.eval["every"] == 0 and done < stage.steps:
+        if eval_now:
             if world.is_main:
                 run.append_metrics({"step": step, "eval": evaluate(current)})
             world.barrier()
-        if stage.checkpoint_every and done % stage.checkpoint_every == 0 and done < stage.steps:
+        if checkpoint_now:
+            rng = world.gather(_rng_state())  # every rank's stream, so a multi-process resume is exact
             if world.is_main:
                 run.save_checkpoint({"step": done, "student": current.state_dict(), "loss": loss_fn.state_dict(),
                                      "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                                     "rng": _rng_state(), "run": run.hash,
+                                     "rng": rng[0], "rng_ranks": rng, "run": run.hash,
                                      **({"mask_optimizer": mask_optimizer.state_dict()} if mask_optimizer else {}),
                                      **({"auto_report": auto_report} if auto_report is not None else {})})
             world.barrier()
@@ -299,8 +338,10 @@ def _optimisation(student: nn.Module, loss_fn: nn.Module, stage: StageSpec, cfg:
           if isinstance(student, MaskedCLIP) else set())
     params = [p for p in model.parameters() if p.requires_grad and id(p) not in l0]
     betas, eps = cfg["optim"]["betas"], cfg["optim"]["eps"]
+    # fused on CUDA: one kernel for all tensors, and with fp16 loss scaling it skips an overflowed step
+    # without reading the flag back to the host
     optimizer = torch.optim.AdamW(param_groups(model, stage.weight_decay, skip=l0), lr=stage.lr,
-                                  betas=tuple(betas), eps=eps)
+                                  betas=tuple(betas), eps=eps, **({"fused": True} if device.startswith("cuda") else {}))
     return model, optimizer, params
 
 
@@ -381,13 +422,32 @@ def _forward_context(precision: str, device: str,
     return context
 
 
-def _global_mean(values: dict[str, torch.Tensor], world: World) -> dict[str, float]:
-    """Loss terms averaged over ranks: each rank's loss covers its own rows of the global batch (local_loss)."""
-    stacked = torch.stack([v.float() for v in values.values()])
+def _global_mean(values: list[torch.Tensor], world: World) -> torch.Tensor:
+    """Loss terms averaged over ranks (each rank's loss covers its own rows of the global batch, local_loss), as
+    one tensor on the device: reading it back waits for the accelerator, so the loop does that only to log."""
+    stacked = torch.stack([v.float() for v in values])
     if world.world_size > 1:
         dist.all_reduce(stacked)
         stacked /= world.world_size
-    return dict(zip(values, stacked.tolist()))
+    return stacked
+
+
+def skip_together(scaler: torch.amp.GradScaler, optimizers: Sequence[torch.optim.Optimizer]) -> None:
+    """fp16 loss scaling: unscale every optimizer and give each the union of their overflow flags, so a step
+    that overflows anywhere (weights, log-α or λ) is skipped by all of them; by default each optimizer skips on
+    its own gradients only, and the masks could move while the weights stand still. Call before the
+    ``scaler.step`` calls. (GradScaler keeps the flags in ``_per_optimizer_states``; no public API sets them.)"""
+    from torch.amp.grad_scaler import OptState
+
+    states = [scaler._per_optimizer_states[id(opt)] for opt in optimizers]
+    for opt, state in zip(optimizers, states):
+        if state["stage"] is not OptState.UNSCALED:
+            scaler.unscale_(opt)
+    flags = [flag for state in states for flag in state["found_inf_per_device"].values()]
+    any_inf = torch.stack([f.to(flags[0].device) for f in flags]).amax()
+    for state in states:
+        for device in state["found_inf_per_device"]:
+            state["found_inf_per_device"][device] = any_inf.to(device)
 
 
 def _rng_state() -> dict[str, Any]:
@@ -416,6 +476,7 @@ class Teacher:
     def __init__(self, model: nn.Module | None, cache: "TeacherEmbeddingCache | None" = None):
         self.model = model
         self.cache = cache
+        self._scale: torch.Tensor | None = None
         if model is not None:
             self.dim = int(model.text_projection.shape[1])
             self.logit_scale = float(model.logit_scale.exp())
@@ -431,7 +492,9 @@ class Teacher:
 
     def embed(self, images: torch.Tensor, tokens: torch.Tensor, sample_ids: Sequence[str]
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        scale = torch.tensor(self.logit_scale, device=images.device)
+        if self._scale is None or self._scale.device != images.device:
+            self._scale = torch.tensor(self.logit_scale, device=images.device)  # made once: a copy per step syncs
+        scale = self._scale
         if self.cache is None:
             return *self.forward(images, tokens), scale
         compute = (lambda: self.forward(images, tokens)) if self.model is not None else None
@@ -439,15 +502,21 @@ class Teacher:
         return image.to(images.device), text.to(images.device), scale
 
 
-def init_world() -> World:
-    """Join the torchrun job described by the environment (gloo on CPU, nccl on GPU), if any."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
+# Ranks wait in a barrier while rank 0 evaluates (and writes checkpoints): the collective timeout must outlast an
+# ImageNet zero-shot evaluation (50,000 images and 1,000 classes x 80 prompts), which takes minutes on a GPU and
+# can take an hour on CPU; torch's default (10 min for NCCL) would abort the job.
+COLLECTIVE_TIMEOUT = datetime.timedelta(hours=2)
+
+
+def init_world(device: str = "cpu") -> World:
+    """Join the torchrun job described by the environment, if any: NCCL when the recipe trains on CUDA, gloo
+    when it trains on the CPU (also on a machine with GPUs)."""
+    if "WORLD_SIZE" not in os.environ:  # not under torchrun (a 1-process torchrun job still joins its group)
         return World()
     if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend)
+        backend = "nccl" if device.startswith("cuda") else "gloo"
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend, timeout=COLLECTIVE_TIMEOUT)
     return World(rank=dist.get_rank(), world_size=dist.get_world_size(),
                  local_rank=int(os.environ.get("LOCAL_RANK", "0")))

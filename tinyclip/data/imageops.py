@@ -48,8 +48,8 @@ def fit_square(img: torch.Tensor, side: int) -> torch.Tensor:
 
 def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """float images in [0, 1], [..., 3, H, W] -> (x - mean) / std."""
-    m = torch.as_tensor(mean, dtype=x.dtype).view(3, 1, 1)
-    s = torch.as_tensor(std, dtype=x.dtype).view(3, 1, 1)
+    m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(3, 1, 1)
+    s = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(3, 1, 1)
     return (x - m) / s
 
 
@@ -67,11 +67,13 @@ def augment(images: torch.Tensor, out_size: int, scale: torch.Tensor, shift: tor
     ``scale`` [n] zooms about the centre (< 1 shrinks the drawing), ``shift`` [n, 2] moves it by a fraction of
     the side, ``brightness`` [n] multiplies the result. Uncovered area takes the image's border colour: white
     for the drawings (composited on white), black for Fashion-MNIST, so no frame appears that tests never show.
+    The parameters may live on the CPU while ``images`` live on an accelerator (the work runs there).
     """
     n = images.shape[0]
     theta = torch.zeros(n, 2, 3)
     theta[:, 0, 0] = theta[:, 1, 1] = 1.0 / scale
     theta[:, :, 2] = -2.0 * shift / scale[:, None]  # normalised coordinates span 2 per side
+    theta, brightness = (t.to(images.device, non_blocking=True) for t in (theta, brightness))
     grid = F.affine_grid(theta, [n, 3, out_size, out_size], align_corners=False)
     x = images.float() / 255.0
     fill = border_colour(images).view(n, 3, 1, 1)

@@ -263,6 +263,8 @@ class PairSource:
         self.members = {s: [i for i, src in enumerate(data.sources) if src == s] for s in self.sources}
         self._index = {data.keys[i]: i for s in self.sources for i in self.members[s]}
         self._perms: OrderedDict[tuple[int, str, int], torch.Tensor] = OrderedDict()
+        self._tokens: dict[str, torch.Tensor] = {}  # caption -> token row (tokenizing is a pure function)
+        self.device = torch.device("cpu")
 
     # ------------------------------------------------------------------------------------------ basics
     def __len__(self) -> int:
@@ -356,13 +358,14 @@ class PairSource:
     def _materialise(self, items: torch.Tensor, u: torch.Tensor, augmented: torch.Tensor
                      ) -> tuple[torch.Tensor, torch.Tensor]:
         """Images (augmented where ``augmented``; uniforms ``u`` [n, 5]) and tokenized captions."""
-        size = self.spec.image_size
-        out = torch.empty(len(items), 3, size, size)
+        size, dev = self.spec.image_size, self.device
+        on_device = (lambda t: t.to(dev, non_blocking=True)) if dev.type != "cpu" else (lambda t: t)
+        out = torch.empty(len(items), 3, size, size, device=dev)
         sides = torch.from_numpy(self._data.side_of)[items]
         rows_in_stack = torch.from_numpy(self._data.row_of)[items]
         for side in sides.unique().tolist():
             sel = (sides == side).nonzero().flatten()
-            stack = self._stacks[side][rows_in_stack[sel]]
+            stack = self._stacks[side][on_device(rows_in_stack[sel])]
             aug = augmented[sel]
             if aug.any():
                 a = sel[aug]
@@ -370,14 +373,63 @@ class PairSource:
                 scale = u[a, 1] * (hi - lo) + lo
                 shift = (u[a, 2:4] * 2 - 1) * SHIFT_RANGE
                 lo, hi = BRIGHTNESS_RANGE
-                out[a] = augment(stack[aug], size, scale, shift, u[a, 4] * (hi - lo) + lo)
+                out[on_device(a)] = augment(stack[on_device(aug)], size, scale, shift, u[a, 4] * (hi - lo) + lo)
             for j in (~aug).nonzero().flatten().tolist():
-                out[sel[j]] = fit_square(stack[j], size).float() / 255.0
+                out[sel[j]] = fit_square(stack[j].cpu(), size).to(dev).float() / 255.0
         captions = []
         for i, c in zip(items.tolist(), u[:, 0].tolist()):
             options = self._data.captions[i]
             captions.append(options[min(int(c * len(options)), len(options) - 1)])
-        return normalize(out, self.mean, self.std), self.tokenizer(captions)
+        return normalize(out, self.mean, self.std), self._tokenize(captions)
+
+    def _tokenize(self, captions: list[str]) -> torch.Tensor:
+        """open_clip's SimpleTokenizer maps each caption to its own row: rows are cached per caption (the same
+        tensor, a tenth of the batch time at 1,024 rows). Other tokenizers are called as they are."""
+        from open_clip.tokenizer import SimpleTokenizer
+
+        if not isinstance(self.tokenizer, SimpleTokenizer) or not captions:
+            return self.tokenizer(captions)
+        missing = list(dict.fromkeys(c for c in captions if c not in self._tokens))
+        if missing:
+            self._tokens.update(zip(missing, self.tokenizer(missing)))
+        return torch.stack([self._tokens[c] for c in captions])
+
+    # ------------------------------------------------------------------------------------------ prefetching
+    def to(self, device: str | torch.device) -> "PairSource":
+        """Keep the uint8 image stacks on ``device`` and crop, resize and normalise there (a GPU builds a batch
+        in milliseconds; CPU workers would need many cores at 224 px). The draws stay on the CPU generators."""
+        self.device = torch.device(device)
+        self._stacks = {side: stack.to(self.device) for side, stack in self._stacks.items()}
+        return self
+
+    def batches(self, steps: range, batch_size: int, seed: int, rank: int = 0, world_size: int = 1, *,
+                workers: int = 0, pin_memory: bool = False) -> Iterable[tuple[torch.Tensor, torch.Tensor, list[str]]]:
+        """``batch(step, ...)`` for each step in ``steps``, in order. With ``workers`` > 0 (and CPU stacks) the
+        batches are built ahead in that many forked worker processes (a DataLoader over step indices), so the
+        trainer does not wait for them; each is still the pure function :meth:`batch` computes."""
+        if workers <= 0 or self.device.type != "cpu":
+            return (self.batch(step, batch_size, seed, rank, world_size) for step in steps)
+        return torch.utils.data.DataLoader(
+            _StepBatches(self, batch_size, seed, rank, world_size), sampler=list(steps), batch_size=None,
+            num_workers=workers, pin_memory=pin_memory, prefetch_factor=2,
+            multiprocessing_context="fork", collate_fn=_keep,
+            # its own generator: a DataLoader draws its workers' base seed from the global torch RNG, which
+            # would move the trainer's stream (the auto stage's gate samples) and break exact resume
+            generator=torch.Generator().manual_seed(0))
+
+
+class _StepBatches(torch.utils.data.Dataset):
+    """Step index -> that step's batch (what a prefetching DataLoader's workers compute)."""
+
+    def __init__(self, source: PairSource, batch_size: int, seed: int, rank: int, world_size: int):
+        self.source, self.args = source, (batch_size, seed, rank, world_size)
+
+    def __getitem__(self, step: int):
+        return self.source.batch(step, *self.args)
+
+
+def _keep(batch):
+    return batch
 
 
 # ------------------------------------------------------------------------------------------------- paper
@@ -514,3 +566,36 @@ class StreamSource:
             except StopIteration:  # the epoch is over: the next one reshuffles the shards
                 self._start(self.epoch + 1, batch_size, seed, rank, world_size)
         raise TinyCLIPError(f"the shards in {Path(self.shards[0]).parent} yield no full batch of {batch_size}")
+
+    def batches(self, steps: range, batch_size: int, seed: int, rank: int = 0, world_size: int = 1, *,
+                workers: int = 0, pin_memory: bool = False) -> Iterable[tuple[torch.Tensor, torch.Tensor, list[str]]]:
+        """The stream for ``steps``, read ahead by a thread (and pinned) while this stream's own loader workers
+        decode; ``workers`` is unused here (the source has its own)."""
+        return read_ahead((self.batch(step, batch_size, seed, rank, world_size) for step in steps),
+                          depth=2, pin_memory=pin_memory)
+
+
+def read_ahead(batches: Iterable[tuple], depth: int = 2, pin_memory: bool = False) -> Iterable[tuple]:
+    """Iterate ``batches`` in a background thread, ``depth`` items ahead (tensors pinned if asked); an error
+    in the thread is raised in the reader."""
+    import queue
+    import threading
+
+    items: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+
+    def work() -> None:
+        try:
+            for batch in batches:
+                items.put(tuple(t.pin_memory() if pin_memory and isinstance(t, torch.Tensor) else t for t in batch))
+        except BaseException as exc:  # noqa: BLE001 — handed to the reader, which stops there
+            items.put(exc)
+            return
+        items.put(done)
+
+    threading.Thread(target=work, daemon=True, name="tinyclip-read-ahead").start()
+    while (item := items.get()) is not done:
+        if isinstance(item, BaseException):
+            raise item
+        yield item
+
