@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 PROFILE ?= mini
 STAMP := $(VENV)/.installed
 
-.PHONY: env test test-gpu models data data-card smoke smoke-auto check-resume reproduce-table2 report lab
+.PHONY: env test test-gpu models data data-card smoke smoke-auto check-resume check-faults reproduce-table2 report lab
 
 env: $(STAMP)
 
@@ -59,6 +59,13 @@ smoke: env
 # One uninterrupted smoke run vs one killed with SIGKILL and resumed; last line JSON with max_abs_diff.
 check-resume: env
 	$(PY) scripts/check_resume.py
+
+# Kill anywhere, lose nothing: 12 SIGKILL trials (inside a manual stage and a mask phase, right after the prune, while
+# a checkpoint / the teacher cache / a data shard / a report is written, between stages), each rerun and compared
+# with an uninterrupted run (smoke profile, scratch roots); last line JSON with trials, identical, max_abs_diff,
+# partial_files.
+check-faults: env
+	$(PY) scripts/check_faults.py
 
 # The smoke profile's automatic chain (teacher, 2 auto stages, export, reload, eval); last line JSON.
 smoke-auto: env

@@ -6,7 +6,6 @@ one-line error would escape and fail the test, as a traceback would reach the us
 """
 from __future__ import annotations
 
-import copy
 import hashlib
 import os
 import shutil
@@ -18,6 +17,7 @@ import torch
 import yaml
 
 from tinyclip import cli
+from recipe_edit import with_value
 
 BASE: dict[str, Any] = {
     "name": "hostile",
@@ -27,17 +27,6 @@ BASE: dict[str, Any] = {
                  "checkpoint_every": 2, "log_every": 1, "eval": {"max_items": 16}},
     "stages": [{"name": "S75", "student": "TinyCLIP-smoke-S75", "init": "teacher", "steps": 3}],
 }
-
-
-def _set(recipe: dict, path: str, value: Any) -> dict:
-    """Set ``a.b.c`` (``stages.0.x`` indexes the list) in a copy of ``recipe``."""
-    out = copy.deepcopy(recipe)
-    node = out
-    keys = path.split(".")
-    for key in keys[:-1]:
-        node = node[int(key)] if isinstance(node, list) else node.setdefault(key, {})
-    node[keys[-1]] = value
-    return out
 
 
 class Case:
@@ -56,7 +45,7 @@ def recipe_case(name: str, expect: str, change: Callable[[dict], dict] | None = 
         if text is not None:
             path.write_text(text)
         else:
-            recipe = _set(BASE, "teacher.weights", str(env / "teacher.pt"))
+            recipe = with_value(BASE, "teacher.weights", str(env / "teacher.pt"))
             path.write_text(yaml.safe_dump(change(recipe) if change else recipe, sort_keys=False))
         return ["distill", "--recipe", str(path)]
     return Case(name, setup, expect)
@@ -66,7 +55,7 @@ def teacher_file_case(name: str, expect: str, make: Callable[[Path, Path], Path]
     def change_to(scratch: Path, env: Path) -> list[str]:
         weights = make(scratch, env)
         path = scratch / "recipe.yaml"
-        path.write_text(yaml.safe_dump(_set(BASE, "teacher.weights", str(weights)), sort_keys=False))
+        path.write_text(yaml.safe_dump(with_value(BASE, "teacher.weights", str(weights)), sort_keys=False))
         return ["distill", "--recipe", str(path)]
     return Case(name, change_to, expect)
 
@@ -108,9 +97,9 @@ def _without_eval_set(scratch: Path, env: Path) -> list[str]:
     data = scratch / "data-copy"
     shutil.copytree(env / "smoke", data)
     shutil.rmtree(data / "eval" / "tux")
-    recipe = _set(_set(BASE, "teacher.weights", str(env / "teacher.pt")), "defaults.data",
+    recipe = with_value(with_value(BASE, "teacher.weights", str(env / "teacher.pt")), "defaults.data",
                   {"root": str(data), "augment": False})
-    recipe = _set(recipe, "defaults.eval", {"tasks": ["fmnist", "tux"]})
+    recipe = with_value(recipe, "defaults.eval", {"tasks": ["fmnist", "tux"]})
     (scratch / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
     return ["distill", "--recipe", str(scratch / "recipe.yaml")]
 
@@ -133,49 +122,49 @@ def _bad_student_weights_for_inherit(scratch: Path, env: Path) -> list[str]:
 
 CASES = [
     # misspelt keys inside nested mappings
-    recipe_case("logit_scale key", "unknown key vlaue", lambda r: _set(r, "defaults.logit_scale",
+    recipe_case("logit_scale key", "unknown key vlaue", lambda r: with_value(r, "defaults.logit_scale",
                                                                        {"mode": "fixed", "vlaue": 50})),
-    recipe_case("auto key", "unknown key mask_step", lambda r: _set(_set(r, "stages.0.kind", "auto"),
+    recipe_case("auto key", "unknown key mask_step", lambda r: with_value(with_value(r, "stages.0.kind", "auto"),
                                                                     "stages.0.auto",
                                                                     {"target_sparsity": 0.25, "mask_step": 1})),
-    recipe_case("data key", "unknown key profle", lambda r: _set(r, "defaults.data", {"profle": "smoke"})),
-    recipe_case("eval key", "unknown key evry", lambda r: _set(r, "defaults.eval", {"evry": 5})),
-    recipe_case("inherit key", "unknown key depth_rul", lambda r: _set(r, "stages.0.inherit", {"depth_rul": "even"})),
-    recipe_case("top-level key", "unknown top-level keys", lambda r: _set(r, "stagse", [])),
+    recipe_case("data key", "unknown key profle", lambda r: with_value(r, "defaults.data", {"profle": "smoke"})),
+    recipe_case("eval key", "unknown key evry", lambda r: with_value(r, "defaults.eval", {"evry": 5})),
+    recipe_case("inherit key", "unknown key depth_rul", lambda r: with_value(r, "stages.0.inherit", {"depth_rul": "even"})),
+    recipe_case("top-level key", "unknown top-level keys", lambda r: with_value(r, "stagse", [])),
     # wrong types
-    recipe_case("batch not a number", "batch: expected an integer", lambda r: _set(r, "defaults.batch", "lots")),
+    recipe_case("batch not a number", "batch: expected an integer", lambda r: with_value(r, "defaults.batch", "lots")),
     recipe_case("augment not a boolean", "data.augment: expected true or false",
-                lambda r: _set(r, "defaults.data.augment", "yes")),
+                lambda r: with_value(r, "defaults.data.augment", "yes")),
     recipe_case("mask lr not a number", "auto.mask_lr: expected a number",
-                lambda r: _set(_set(r, "stages.0.kind", "auto"), "stages.0.auto",
+                lambda r: with_value(with_value(r, "stages.0.kind", "auto"), "stages.0.auto",
                                {"target_sparsity": 0.25, "mask_steps": 1, "mask_lr": "fast"})),
-    recipe_case("seed not an integer", "seed: expected an integer", lambda r: _set(r, "seed", "abc")),
-    recipe_case("steps a fraction", "steps: expected an integer", lambda r: _set(r, "stages.0.steps", 2.5)),
+    recipe_case("seed not an integer", "seed: expected an integer", lambda r: with_value(r, "seed", "abc")),
+    recipe_case("steps a fraction", "steps: expected an integer", lambda r: with_value(r, "stages.0.steps", 2.5)),
     # out of range
-    recipe_case("negative lr", "lr must be positive", lambda r: _set(r, "defaults.lr", -1.0)),
+    recipe_case("negative lr", "lr must be positive", lambda r: with_value(r, "defaults.lr", -1.0)),
     recipe_case("sparsity above 1", "auto.target_sparsity must lie in [0, 1)",
-                lambda r: _set(_set(r, "stages.0.kind", "auto"), "stages.0.auto", {"target_sparsity": 1.5})),
-    recipe_case("negative warmup", "warmup must be ≥ 0", lambda r: _set(r, "defaults.warmup", -3)),
-    recipe_case("zero eval items", "eval.max_items must be ≥ 1", lambda r: _set(r, "defaults.eval.max_items", 0)),
+                lambda r: with_value(with_value(r, "stages.0.kind", "auto"), "stages.0.auto", {"target_sparsity": 1.5})),
+    recipe_case("negative warmup", "warmup must be ≥ 0", lambda r: with_value(r, "defaults.warmup", -3)),
+    recipe_case("zero eval items", "eval.max_items must be ≥ 1", lambda r: with_value(r, "defaults.eval.max_items", 0)),
     recipe_case("negative mix weight", "data.weights.tux must be ≥ 0",
-                lambda r: _set(r, "defaults.data.weights", {"tux": -1.0, "noto": 1.0})),
-    recipe_case("unknown precision", "precision must be one of", lambda r: _set(r, "defaults.precision", "fp8")),
+                lambda r: with_value(r, "defaults.data.weights", {"tux": -1.0, "noto": 1.0})),
+    recipe_case("unknown precision", "precision must be one of", lambda r: with_value(r, "defaults.precision", "fp8")),
     recipe_case("unknown depth rule", "inherit.depth_rule: expected one of even, interval_front",
-                lambda r: _set(r, "stages.0.inherit", {"depth_rule": "evn"})),
+                lambda r: with_value(r, "stages.0.inherit", {"depth_rule": "evn"})),
     # malformed YAML, with its line
     recipe_case("malformed YAML", "line 4", text="name: broken\nseed: 0\nstages:\n  - {name: a, steps: [1, 2}\n"),
     # models
     recipe_case("student larger than its source", "cannot inherit TinyCLIP-smoke-S75 from its previous",
-                lambda r: _set(r, "stages", [{"name": "S50", "student": "TinyCLIP-smoke-S50", "steps": 2},
+                lambda r: with_value(r, "stages", [{"name": "S50", "student": "TinyCLIP-smoke-S50", "steps": 2},
                                              {"name": "S75", "student": "TinyCLIP-smoke-S75", "init": "previous",
                                               "steps": 2}])),
     recipe_case("student larger than the teacher", "larger than its teacher",
-                lambda r: _set(r, "teacher", {"model": "TinyCLIP-smoke-S50", "weights": None})),
+                lambda r: with_value(r, "teacher", {"model": "TinyCLIP-smoke-S50", "weights": None})),
     recipe_case("unknown student", "unknown model 'TinyCLIP-smoke-S33'",
-                lambda r: _set(r, "stages.0.student", "TinyCLIP-smoke-S33")),
+                lambda r: with_value(r, "stages.0.student", "TinyCLIP-smoke-S33")),
     recipe_case("unknown teacher", "unknown model 'ViT-Q-99'",
-                lambda r: _set(r, "teacher", {"model": "ViT-Q-99", "weights": None})),
-    recipe_case("missing teacher file", "does not exist", lambda r: _set(r, "teacher.weights", "/nonexistent/t.pt")),
+                lambda r: with_value(r, "teacher", {"model": "ViT-Q-99", "weights": None})),
+    recipe_case("missing teacher file", "does not exist", lambda r: with_value(r, "teacher.weights", "/nonexistent/t.pt")),
     # checkpoints
     teacher_file_case("corrupt checkpoint", "does not load into TinyCLIP-smoke-teacher", _garbage),
     teacher_file_case("truncated checkpoint", "does not load into TinyCLIP-smoke-teacher", _truncated_pt),
@@ -185,7 +174,7 @@ CASES = [
     # data and folders
     Case("missing evaluation set", _without_eval_set, "evaluation set tux is missing"),
     recipe_case("unknown evaluation set", "unknown evaluation set(s) imagenet_x",
-                lambda r: _set(r, "defaults.eval.tasks", ["imagenet_x"])),
+                lambda r: with_value(r, "defaults.eval.tasks", ["imagenet_x"])),
     Case("runs folder not writable", _runs_under_a_file, "cannot write"),
     Case("data folder not writable", _data_under_a_file, "cannot write"),
     Case("evaluation of an unknown model", lambda s, e: ["eval", "--model", "ViT-Q-99", "--profile", "smoke",

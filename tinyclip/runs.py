@@ -37,6 +37,7 @@ from typing import Any, BinaryIO, Iterator
 import torch
 import yaml
 
+from . import faults
 from .errors import TinyCLIPError
 
 RUNS_ROOT_ENV = "TINYCLIP_RUNS_ROOT"
@@ -90,7 +91,9 @@ def atomic_file(path: Path) -> Iterator[BinaryIO]:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
+        faults.point("write", str(path))     # complete in its temporary file, not yet in place
         os.replace(tmp, path)
+        faults.point("written", str(path))
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)

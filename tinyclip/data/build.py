@@ -41,6 +41,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from .. import faults
 from ..errors import TinyCLIPError
 from .profiles import EVAL_SETS, DataProfile, cache_dir, get_profile, profile_dir
 from .records import image_hash
@@ -73,7 +74,8 @@ def content_digest(folder: Path) -> str:
     set's identity. Two builds with equal digests hold byte-identical shards, so runs keyed on it cannot be
     confused with runs on a rebuilt, different data set (:func:`fingerprint` only names the build settings)."""
     digest = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name not in _NOT_CONTENT):
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name not in _NOT_CONTENT
+                       and "decoded" not in p.relative_to(folder).parts):   # the loader's cache, added later
         digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
         with open(path, "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
@@ -317,6 +319,7 @@ def _write_tars(items: list[dict], folder: Path, per_shard: int, name_fmt: str, 
                     info.size, info.mtime, info.mode = len(data), 0, 0o444
                     tar.addfile(info, io.BytesIO(data))
         sizes[name] = len(chunk)
+        faults.point("data-shard", str(folder / name))
     return sizes
 
 
