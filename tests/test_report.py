@@ -65,38 +65,41 @@ def test_mini_rows_reads_finished_runs_by_recipe_hash(tmp_path, monkeypatch):
 
 
 def test_reproduce_trains_every_table2_recipe_in_parallel_then_renders(monkeypatch, tmp_path):
-    """`make reproduce-table2` wiring: data build, the profile's Table 2 recipes side by side (resuming interrupted
-    runs), then the report; a failed recipe is a one-line error and nothing is rendered."""
+    """`make reproduce-table2` wiring: data build, the teacher alone, then the profile's Table 2 recipes on every
+    seed side by side (resuming interrupted runs), then the report; a failed recipe is a one-line error and nothing
+    is rendered."""
     import importlib
 
     from tinyclip import jobs
 
     build_module = importlib.import_module("tinyclip.data.build")  # the module (tinyclip.data.build is the function)
-
+    monkeypatch.setenv("TINYCLIP_RUNS_ROOT", str(tmp_path / "runs"))
     calls = {}
     monkeypatch.setattr(build_module, "build", lambda profile: calls.setdefault("build", profile))
 
-    def fake_run_many(recipes, *, parallel, resume, threads, on_done=None):
+    def fake_run_many(recipes, seeds=(None,), *, parallel, resume, threads, on_done=None):
         if len(recipes) == 1 and "teacher" in str(recipes[0]):
             calls["teacher"] = (Path(recipes[0]).name, parallel, threads)
-            return [{"recipe": str(recipes[0]), "returncode": 0, "error": None}]
-        calls["run_many"] = ([p.name for p in recipes], parallel, resume, threads)
-        results = [{"recipe": str(p), "returncode": 0, "error": None} for p in recipes]
+            return [{"recipe": str(recipes[0]), "seed": None, "returncode": 0, "error": None}]
+        calls["run_many"] = ([Path(p).name for p in recipes], list(seeds), parallel, resume, threads)
+        results = [{"recipe": str(p), "seed": s, "returncode": 0, "error": None} for p in recipes for s in seeds]
         for r in results:
             on_done(r)
         return results
 
     monkeypatch.setattr(jobs, "run_many", fake_run_many)
-    monkeypatch.setattr(report, "render", lambda name, profile: tmp_path / f"{name}-{profile}.html")
-    assert table2.reproduce("smoke") == tmp_path / "table2-smoke.html"
+    monkeypatch.setattr(report, "render", lambda name, profile, params=None: tmp_path / f"{name}-{profile}.html")
+    assert table2.reproduce("smoke", seeds=(0, 1, 2)) == tmp_path / "table2-smoke.html"
     assert calls["build"] == "smoke"
-    names, parallel, resume, threads = calls["run_many"]
-    assert names == ["smoke_manual.yaml", "smoke_auto.yaml"] and parallel == 2 and resume and threads >= 1
+    names, seeds, parallel, resume, threads = calls["run_many"]
+    assert names == ["smoke_manual.yaml", "smoke_scratch.yaml", "smoke_auto.yaml"] and seeds == [0, 1, 2]
+    assert parallel == 2 and resume and threads >= 1
     assert calls["teacher"][0] == "smoke_teacher.yaml" and calls["teacher"][1] == 1  # first, alone
 
-    monkeypatch.setattr(jobs, "run_many", lambda recipes, **kw: [
-        {"recipe": str(recipes[0]), "returncode": 0 if "teacher" in str(recipes[0]) else 2, "error": "error: boom"}])
-    with pytest.raises(TinyCLIPError, match="smoke_manual.yaml failed: error: boom"):
+    monkeypatch.setattr(jobs, "run_many", lambda recipes, seeds=(None,), **kw: [
+        {"recipe": str(recipes[0]), "seed": seeds[0], "returncode": 0 if "teacher" in str(recipes[0]) else 2,
+         "error": "error: boom"}])
+    with pytest.raises(TinyCLIPError, match="smoke_manual.yaml .seed 0. failed: error: boom"):
         table2.reproduce("smoke")
     calls.clear()
     table2.reproduce("paper")  # nothing to train: renders parts (a) and (b)

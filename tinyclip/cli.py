@@ -122,8 +122,10 @@ def _table2(sub) -> None:
                  "data, the Table 2 recipes, and reports/table2.html")
     p.add_argument("--profile", default="mini", choices=["smoke", "mini", "paper"])
     p.add_argument("--parallel", type=int, default=None,
-                   help="recipes trained side by side (default: all of them, one torch thread each)")
+                   help="runs trained side by side (default: 2, cores / 2 torch threads each)")
     p.add_argument("--no-train", action="store_true", help="only render what has finished")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, metavar="N",
+                   help="student seeds of every Table 2 recipe (default: 0 1 2)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,8 +8,6 @@ package versions, host, parameters), and refreshes ``reports/index.html``.
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
-import html
 import json
 import os
 import time
@@ -39,9 +37,35 @@ def reports_dir(profile: str) -> Path:
     return base if profile == DEFAULT_PROFILE else base / profile
 
 
+# One line per notebook for the index: what its report contains.
+NOTEBOOKS = {
+    "table2": "Table 2: the published LAION-400M reference, the paper-scale architectures rebuilt here (parameters, "
+              "MACs, throughput), and the mini analogue with seeded student ratios to the teacher (C8, C9)",
+    "ablation_affinity": "Interaction modes: affinity mimicking against contrastive, feature mimicking and "
+                         "single-modality affinities on one S50 student (C1)",
+    "ablation_inheritance": "Weight inheritance: manual and automatic inheritance against random initialisation at "
+                            "one size and budget, three mask-phase lengths (C2, C3)",
+    "redundancy": "Redundancy analysis: layer similarity, depth and width removal, learned allocation (C4)",
+    "teacher_choice": "Teacher choice: a similar teacher against a stronger dissimilar one (C5)",
+    "multistage": "Single-stage against multi-stage compression to 25 % (C6)",
+    "training_cost": "Training cost: accuracy against samples seen, inherited and from scratch (C7)",
+}
+# The rendered page: readable width, tables that scroll inside the page instead of being cut off.
+_STYLE = """<style>
+body { max-width: 1240px; margin: 0 auto; padding: 0 16px; }
+.jp-RenderedHTMLCommon table { font-size: 12.5px; display: block; overflow-x: auto; max-width: 100%; }
+.jp-RenderedHTMLCommon td, .jp-RenderedHTMLCommon th { white-space: normal; max-width: 420px; }
+.jp-RenderedImage img, .jp-OutputArea-output img { max-width: 100%; height: auto; }
+</style>"""
+
+
 def render(name: str, profile: str = DEFAULT_PROFILE, parameters: dict[str, Any] | None = None,
            timeout_s: int | None = None) -> Path:
-    """Execute ``notebooks/<name>.ipynb`` under ``profile`` and write its HTML report; returns the HTML path."""
+    """Execute ``notebooks/<name>.ipynb`` under ``profile`` and write its HTML report; returns the HTML path.
+
+    The report shows outputs only (no code, no stderr or warnings), ends with its provenance, and is recorded in
+    the profile's ``manifest.json`` (status, commit, date, host, wall time) behind ``index.html``. A failing
+    notebook is recorded as failed and raises one line naming the notebook and the cell."""
     import nbformat
     import papermill
     from nbconvert import HTMLExporter
@@ -59,18 +83,42 @@ def render(name: str, profile: str = DEFAULT_PROFILE, parameters: dict[str, Any]
                                    cwd=str(notebooks_dir()), progress_bar=False, log_output=False,
                                    execution_timeout=timeout_s)
     except papermill.PapermillExecutionError as exc:
+        _record(name, profile, params, time.time() - started, status="failed",
+                error=f"cell {exc.exec_count}: {exc.ename}: {exc.evalue}")
         raise TinyCLIPError(f"notebook {name} failed in cell {exc.exec_count}: {exc.ename}: {exc.evalue} "
                             f"(executed copy with the traceback: {executed})") from None
     wall_s = time.time() - started
 
     notebook = nbformat.read(executed, as_version=4)
+    for cell in notebook.cells:  # progress bars, warnings and status lines belong in the log, not the report
+        if cell.cell_type == "code":
+            cell.outputs = [o for o in cell.get("outputs", []) if not (o.get("output_type") == "stream"
+                                                                        and o.get("name") == "stderr")]
     notebook.cells.append(nbformat.v4.new_markdown_cell(_provenance_markdown(name, params, wall_s)))
     exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
     body, _ = exporter.from_notebook_node(notebook)
+    body = body.replace("</head>", _STYLE + "\n</head>", 1)
     out = reports_dir(profile) / f"{name}.html"
     atomic_write_text(out, body)
-    write_index()
+    _record(name, profile, params, wall_s, status="ok")
     return out
+
+
+def _record(name: str, profile: str, params: dict[str, Any], wall_s: float, *, status: str,
+            error: str | None = None) -> None:
+    """Update the profile's manifest.json (what the index shows about each report) and re-render the index."""
+    from .site import manifest_path, write_index
+
+    prov = provenance(seed=0, device=str(params.get("device", "cpu")),
+                      command=["tinyclip", "report", name, "--profile", profile])
+    path = manifest_path(profile)
+    manifest = json.loads(path.read_text()) if path.is_file() else {}
+    manifest[name] = {"status": status, "error": error, "profile": profile, "parameters": params,
+                      "commit": prov["git_commit"], "dirty": prov["git_dirty"], "date": prov["started"],
+                      "host": prov["host"], "machine": f"{prov['platform']}, {os.cpu_count()} CPU cores",
+                      "device": prov.get("device_name") or prov.get("device"), "wall_s": round(wall_s, 1)}
+    atomic_write_text(path, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    write_index(profile)
 
 
 def _provenance_markdown(name: str, params: dict[str, Any], wall_s: float) -> str:
@@ -84,27 +132,11 @@ def _provenance_markdown(name: str, params: dict[str, Any], wall_s: float) -> st
             f"Packages: {packages}.")
 
 
-def write_index() -> Path:
-    """``reports/index.html``: every rendered report with its profile and modification time."""
-    base = reports_root()
-    base.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for path in sorted(base.rglob("*.html")):
-        if path.name == "index.html":
-            continue
-        rel = path.relative_to(base)
-        profile = rel.parts[0] if len(rel.parts) > 1 else DEFAULT_PROFILE
-        stamp = _dt.datetime.fromtimestamp(path.stat().st_mtime, _dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-        rows.append(f"<tr><td><a href='{html.escape(str(rel))}'>{html.escape(path.stem)}</a></td>"
-                    f"<td>{html.escape(profile)}</td><td>{stamp}</td></tr>")
-    page = ("<!doctype html><meta charset='utf-8'><title>tinyclip-repro reports</title>"
-            "<h1>tinyclip-repro reports</h1><p>Mini-profile results are measured at mini scale on CPU; they are "
-            "not the paper's numbers. Each report ends with its provenance.</p>"
-            "<table border=1 cellpadding=4><tr><th>report</th><th>profile</th><th>rendered</th></tr>"
-            + "".join(rows) + "</table>\n")
-    out = base / "index.html"
-    atomic_write_text(out, page)
-    return out
+def write_index(profile: str = DEFAULT_PROFILE) -> Path:
+    """Re-render the profile's ``index.html`` (see :mod:`tinyclip.site`)."""
+    from .site import write_index as _write
+
+    return _write(profile)
 
 
 def _cmd_report(args: argparse.Namespace) -> int:

@@ -1,0 +1,111 @@
+"""The report site's front page: ``reports/index.html`` (``reports/<profile>/index.html`` for other profiles).
+
+It shows the claims C1–C9 with their verdict, effect, interval and seeds (from ``claims.json``), each linking to
+the report that measured it; then every report with what it contains in one line and its provenance (commit,
+date, machine, profile, wall time, status) from ``manifest.json``. Only reports that exist are linked.
+"""
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+from .runs import atomic_write_text
+
+_COLOURS = {"reproduced": "#1a7f37", "not reproduced": "#cf222e", "inconclusive": "#6e7781",
+            "not yet run": "#9a6700", "failed": "#cf222e", "ok": "#1a7f37"}
+_STYLE = """<style>
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; max-width: 1240px; margin: 24px auto;
+       padding: 0 16px; color: #1f2328; line-height: 1.45; }
+table { border-collapse: collapse; width: 100%; font-size: 13.5px; margin: 8px 0 20px; }
+th, td { border: 1px solid #d0d7de; padding: 5px 8px; vertical-align: top; text-align: left; }
+th { background: #f6f8fa; }
+td.num { text-align: right; white-space: nowrap; font-variant-numeric: tabular-nums; }
+.verdict { font-weight: 600; white-space: nowrap; }
+.note { color: #57606a; font-size: 12.5px; }
+</style>"""
+
+
+def manifest_path(profile: str) -> Path:
+    from .report import reports_dir
+
+    return reports_dir(profile) / "manifest.json"
+
+
+def _fmt(value, digits: int = 2, signed: bool = False) -> str:
+    if value is None:
+        return "–"
+    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+
+
+def _verdict(text: str) -> str:
+    return f"<span class='verdict' style='color:{_COLOURS.get(text, '#1f2328')}'>{html.escape(text)}</span>"
+
+
+def index_html(profile: str) -> str:
+    from .report import NOTEBOOKS, reports_dir
+    from .studies.claims import load_claims
+
+    base = reports_dir(profile)
+    manifest = json.loads(manifest_path(profile).read_text()) if manifest_path(profile).is_file() else {}
+    claims_rows = []
+    for c in load_claims(profile):
+        exists = (base / f"{c['notebook']}.html").is_file()
+        link = (f"<a href='{html.escape(c['notebook'])}.html'>{html.escape(c['notebook'])}</a>" if exists
+                else html.escape(c["notebook"]))
+        ratio = c.get("kind") == "ratio"
+        effect = _fmt(c.get("effect"), 3 if ratio else 2, signed=not ratio)
+        interval = ("–" if c.get("ci_low") is None else
+                    f"[{_fmt(c['ci_low'], 3 if ratio else 2, not ratio)}, {_fmt(c['ci_high'], 3 if ratio else 2, not ratio)}]")
+        unit = "ratio" if ratio else ("points" if c.get("effect") is not None and c.get("kind") else "")
+        claims_rows.append(
+            f"<tr><td>{c['id']}</td><td>{html.escape(c['claim'])}</td><td>{_verdict(c['verdict'])}</td>"
+            f"<td class='num'>{effect} {unit}</td><td class='num'>{interval}</td>"
+            f"<td class='num'>{c.get('n_seeds') or '–'}</td><td>{html.escape(c.get('metric') or '–')}</td>"
+            f"<td>{link}</td></tr>")
+    report_rows = []
+    for name, description in NOTEBOOKS.items():
+        entry = manifest.get(name)
+        exists = (base / f"{name}.html").is_file()
+        title = f"<a href='{name}.html'>{name}</a>" if exists else name
+        if entry is None:
+            status, prov = ("not yet run", "–")
+        else:
+            status = entry["status"]
+            dirty = " (uncommitted changes)" if entry.get("dirty") else ""
+            prov = (f"commit <code>{html.escape(str(entry['commit'])[:10])}</code>{dirty}, "
+                    f"{html.escape(entry['date'][:16].replace('T', ' '))} UTC, {html.escape(entry['machine'])}, "
+                    f"profile {html.escape(entry['profile'])}")
+            if entry.get("error"):
+                prov += f"<br><span class='note'>{html.escape(entry['error'])}</span>"
+        wall = f"{entry['wall_s'] / 60:.1f} min" if entry else "–"
+        report_rows.append(f"<tr><td>{title}</td><td>{html.escape(description)}</td><td>{_verdict(status)}</td>"
+                           f"<td class='num'>{wall}</td><td class='note'>{prov}</td></tr>")
+    scale = ("mini profile: measured at mini scale on a 2-core CPU with the embedded data set and a mini teacher — "
+             "<b>these are not the paper's numbers</b>" if profile == "mini" else f"{html.escape(profile)} profile")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>tinyclip-repro reports ({profile})</title>"
+            f"{_STYLE}</head><body><h1>tinyclip-repro: does TinyCLIP reproduce?</h1>"
+            f"<p>Reports of this reproduction of <i>TinyCLIP: CLIP Distillation via Affinity Mimicking and Weight "
+            f"Inheritance</i> (ICCV 2023, <a href='https://arxiv.org/abs/2309.12314'>arXiv:2309.12314</a>); {scale}. "
+            "A verdict is computed by code from a 95 % bootstrap interval over seeds and evaluation items: "
+            "<i>reproduced</i> when the interval lies wholly on the side the paper claims, <i>not reproduced</i> when "
+            "wholly on the other side, <i>inconclusive</i> otherwise. Machine-readable: "
+            "<a href='claims.json'>claims.json</a>.</p>"
+            "<h2>Claims</h2><table><tr><th>id</th><th>claim (paper)</th><th>verdict</th><th>effect</th>"
+            "<th>95 % interval</th><th>seeds</th><th>metric</th><th>report</th></tr>"
+            + "".join(claims_rows) + "</table>"
+            "<h2>Reports</h2><table><tr><th>report</th><th>contents</th><th>status</th><th>wall time</th>"
+            "<th>provenance</th></tr>" + "".join(report_rows) + "</table>"
+            "<p class='note'>Wall time: executing the notebook with every run it needs already finished is "
+            "minutes; the training each needs from nothing is listed by <code>make help</code>.</p>"
+            "</body></html>\n")
+
+
+def write_index(profile: str) -> Path:
+    from .report import reports_dir
+
+    base = reports_dir(profile)
+    base.mkdir(parents=True, exist_ok=True)
+    out = base / "index.html"
+    atomic_write_text(out, index_html(profile))
+    return out
