@@ -40,7 +40,7 @@ data: env
 data-card: env
 	$(PY) -m tinyclip data card --profile $(PROFILE)
 
-# Table 2 (DESIGN.md §7): published reference, paper-scale architectures, mini-scale analogue. Builds the data
+# Table 2 (docs/design.md §6): published reference, paper-scale architectures, mini-scale analogue. Builds the data
 # set and trains the profile's teacher and Table 2 recipes first (finished runs are reused).
 reproduce-table2: env
 	$(PY) -m tinyclip reproduce-table2 --profile $(PROFILE)

@@ -341,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     if steps < 1 or warmup < 0 or args.batch < 2:
         parser.error("need --steps >= 1, --warmup >= 0 and --batch >= 2")
     if not webdataset.__version__.startswith("0.2."):
-        # research/ecosystem.md §0.2: open_clip_train's loader breaks on webdataset 1.x (KeyError 'fname')
+        # docs/design.md §3: open_clip_train's loader breaks on webdataset 1.x (KeyError 'fname')
         parser.error(f"open_clip_train needs webdataset 0.2.x (<= 0.2.86); this venv has {webdataset.__version__}")
     if args.threads:
         torch.set_num_threads(args.threads)

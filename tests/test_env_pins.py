@@ -23,7 +23,7 @@ def test_environment_yml_matches_requirements():
     pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
     assert _pins(pip_section) == requirements
     assert requirements["open-clip-torch"] == "3.3.0" and requirements["torch"] == "2.14.1"
-    # ecosystem.md §0: open_clip's webdataset loader needs <=0.2.86; clip-benchmark's accuracy() needs numpy<2.4.
+    # docs/design.md §3: open_clip's webdataset loader needs <=0.2.86; clip-benchmark's accuracy() needs numpy<2.4.
     assert tuple(map(int, requirements["webdataset"].split("."))) <= (0, 2, 86)
     assert tuple(map(int, requirements["numpy"].split(".")[:2])) < (2, 4)
     python = next(d for d in env["dependencies"] if isinstance(d, str) and d.startswith("python"))

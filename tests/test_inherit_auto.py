@@ -196,7 +196,7 @@ def test_target_rule_prunes_to_the_target_by_the_learned_ranking(smoke, batch, t
 # -- issue 5 section 4: ViT-B/32 students of the auto chain ---------------------------------------------------
 # Allocation rule standing in for the learned masks (tinyclip.inherit.auto.official_split_chain): each tower keeps
 # its released share of its own original size (vision / text: 72% / 81% after stage 1, 51% / 47% after stage 2,
-# 25% / 26% after stage 3, research/official_impl.md section 4); inside a tower one keep ratio applies to the
+# 25% / 26% after stage 3, docs/official_code.md §4); inside a tower one keep ratio applies to the
 # hidden channels and to the heads and FFN neurons of every layer, chosen by bisection. Each stage prunes the
 # previous stage's architecture, measured against the original ViT-B/32.
 PAPER_TOTALS = {0.25: 94e6, 0.50: 63e6, 0.75: 32e6}

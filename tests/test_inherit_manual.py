@@ -78,7 +78,7 @@ def _narrow_smoke() -> dict:
 # ----------------------------------------------------------------------------------------------------------- depth
 
 @pytest.mark.parametrize("teacher,student,rule,expected", [
-    (12, 6, "interval_front", [0, 2, 4, 6, 8, 10]),      # official table, research/official_impl.md §2.2
+    (12, 6, "interval_front", [0, 2, 4, 6, 8, 10]),      # official table, docs/official_code.md §2.2
     (12, 9, "interval_front", list(range(9))),
     (9, 6, "interval_front", list(range(6))),
     (12, 3, "interval_front", [0, 4, 8]),
@@ -319,7 +319,7 @@ def test_resnet_slices():
 # ------------------------------------------------------------------------------------------------------ chains
 
 def _paper_counts(model) -> tuple[float, float]:
-    """(vision, text without token embedding) in millions, the paper's convention (official_impl.md §6)."""
+    """(vision, text without token embedding) in millions, the paper's convention (docs/sources.md §5)."""
     counts = zoo.count_params(model)
     return round(counts["vision"] / 1e6, 2), round(counts["text"] / 1e6, 2)
 

@@ -162,7 +162,7 @@ def test_real_towers_load_offline_and_agree_with_known_similarities(monkeypatch)
         emb = towers.text(towers.tokenizer(["A pair of blue jeans.", "Denim trousers.", "A ladybug."]))
         feats = towers.image(torch.zeros(1, 3, 64, 64).contiguous(memory_format=torch.channels_last))
     assert emb.shape == (3, 384) and feats.shape == (1, 1280)
-    # research/offline_assets.md §2.2: cos(jeans, denim) = 0.69, cos(jeans, ladybug) = 0.12
+    # docs/data.md §3: cos(jeans, denim) = 0.69, cos(jeans, ladybug) = 0.12
     assert (emb[0] @ emb[1]).item() == pytest.approx(0.69, abs=0.02)
     assert (emb[0] @ emb[2]).item() == pytest.approx(0.12, abs=0.02)
 

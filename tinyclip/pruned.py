@@ -3,7 +3,7 @@
 Paper section 3.2 ("automatic inheritance"): learned masks remove attention heads, FFN neurons, hidden
 (embedding) dimensions and, optionally, whole MHA / FFN sub-layers. The resulting student has a different
 head count and FFN width in every layer and one reduced hidden width per tower, which open_clip configs
-cannot express (DESIGN.md section 3). This module is that student:
+cannot express (docs/design.md §3). This module is that student:
 
 * :class:`PrunedConfig` -- the architecture as plain data (JSON): per tower the hidden width, the head
   width, and per layer the number of heads and FFN neurons (0 means the sub-layer is gone).
@@ -16,7 +16,7 @@ cannot express (DESIGN.md section 3). This module is that student:
   in the next stage of the multi-stage chain (paper section 3.3).
 * :meth:`PrunedCLIP.save` / :func:`load_pruned` -- ``config.json`` + ``model.safetensors`` in a folder.
 * :func:`param_counts` -- parameters under the paper's convention (vision tower complete, text tower without
-  the token embedding; research/paper_sources.md section 8) and :func:`pruned_architecture` -- per-layer
+  the token embedding; docs/sources.md §5) and :func:`pruned_architecture` -- per-layer
   figure data.
 
 The layer list always keeps the teacher's depth: a layer whose heads and FFN are both pruned is an identity
@@ -474,7 +474,7 @@ def param_counts(model: nn.Module) -> dict[str, int]:
     """Parameters of a PrunedCLIP or open_clip CLIP, counted tensor by tensor, under the paper's convention.
 
     vision = every parameter of the image tower; text = the text tower without the token-embedding matrix;
-    the logit scale belongs to neither (research/paper_sources.md section 8). Also returns
+    the logit scale belongs to neither (docs/sources.md §5). Also returns
     ``token_embedding`` (excluded from ``total``).
     """
     if isinstance(model, PrunedCLIP):

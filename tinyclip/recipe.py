@@ -29,7 +29,7 @@ previous auto stage's pruned student, and the sparsity is always measured agains
 official schedule warms the weight lr up over the whole mask phase (``warmup`` = ``mask_steps``), e.g.
 recipes/smoke_auto.yaml.
 
-Built-in defaults (:data:`STAGE_DEFAULTS`) are the official code's (research/official_impl.md §4–5): lr 1e-4 with
+Built-in defaults (:data:`STAGE_DEFAULTS`) are the official code's (docs/official_code.md §4–5): lr 1e-4 with
 linear warm-up + cosine, AdamW weight decay 0.2 on ≥2-D non-norm/bias/logit-scale tensors, betas/eps chosen by
 the vision tower type ("auto"), gradient-norm clip 5, AMP on GPU / fp32 on CPU, and the logit scale fixed at 50.
 
@@ -684,8 +684,13 @@ def _check_model_weights(model: str, weights: str | None, where: str) -> dict[st
         import open_clip
 
         try:  # loaded once here, before any run folder exists: corrupt, truncated or another model's weights
-            open_clip.create_model(model, pretrained=weights)
+            loaded = open_clip.create_model(model, pretrained=weights)
         except Exception as exc:  # noqa: BLE001 — torch, safetensors and open_clip raise many types
             raise TinyCLIPError(f"{where}: weights file {weights} does not load into {model} "
                                 f"({one_line(exc, 120, with_type=True)}); give a checkpoint of that model") from None
+        bad = next((name for name, t in loaded.state_dict().items() if t.is_floating_point() and not t.isfinite().all()),
+                   None)
+        if bad is not None:   # every loss would be NaN: say so now, not at the first logged step
+            raise TinyCLIPError(f"{where}: weights file {weights} holds non-finite values (first in {bad}); "
+                                "give an intact checkpoint")
     return cfg

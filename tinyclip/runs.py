@@ -1,4 +1,4 @@
-"""Run folders: one per resolved training config, with provenance, atomic checkpoints and reuse (DESIGN.md §8).
+"""Run folders: one per resolved training config, with provenance, atomic checkpoints and reuse (docs/design.md §8).
 
 A run is identified by the hash of its resolved config (:func:`config_hash`), so the same stage asked for by two
 recipes, or by the same recipe twice, lands in the same folder and is trained once. Layout of

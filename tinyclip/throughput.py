@@ -1,4 +1,4 @@
-"""Inference throughput in image-text pairs per second, the official way (research/official_impl.md §6).
+"""Inference throughput in image-text pairs per second, the official way (docs/official_code.md §6).
 
 The official ``measure_throughput.py`` times ``encode_image`` and ``encode_text`` separately on batches and
 reports ``1 / (1/images_per_s + 1/texts_per_s)``. This machine is noisy, so numbers are only compared as ratios

@@ -20,7 +20,7 @@ processes (:mod:`tinyclip.jobs`) and the ``tinyclip train-teacher / distill / sm
 (:mod:`tinyclip.commands`). A teacher is trained by the same loop: a recipe without a teacher, a random-init
 student and the contrastive loss.
 
-Deviations from the official code (research/official_impl.md §1.3, §5), each deliberate:
+Deviations from the official code (docs/official_code.md §1.3, §5; docs/deviations.md), each deliberate:
 
 * A non-finite loss stops the run with an error (at the next logging step: the check reads a flag kept on the
   device, so the steps between run without waiting for the accelerator); the official loop skips such a step and

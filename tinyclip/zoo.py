@@ -1,6 +1,6 @@
 """Model zoo: the TinyCLIP architectures, their teachers and the mini/smoke families (paper §4.1, Table 2 columns).
 
-Parameter counts follow the paper's convention (research/paper_sources.md §8): the vision tower is counted
+Parameter counts follow the paper's convention (docs/sources.md §5): the vision tower is counted
 complete; the text tower is counted *without* its token-embedding matrix, which is reported separately. MACs are
 multiply-accumulates for one image at the model's resolution plus one text at its context length, counted with
 ``torch.utils.flop_counter.FlopCounterMode`` (FLOPs / 2).
@@ -29,13 +29,13 @@ from .errors import TinyCLIPError
 from .pruned import param_counts
 
 # --------------------------------------------------------------------------------------------------------------
-# Published reference values. Every entry names its source (research/paper_sources.md §3): "zoo" = the official
+# Published reference values. Every entry names its source (docs/sources.md §2-4): "zoo" = the official
 # model zoo table of microsoft/Cream TinyCLIP/README.md (and the HF model cards); "zoo-early" = the first README
 # version (Sep 2023), the only one with a params column, printed as "<image>+<text>" in millions.
 # --------------------------------------------------------------------------------------------------------------
-SOURCE_ZOO = "microsoft/Cream TinyCLIP/README.md model zoo (research/paper_sources.md §3a)"
-SOURCE_ZOO_EARLY = "earliest Cream TinyCLIP README, params column (research/paper_sources.md §3b)"
-SOURCE_NAME = "parameter counts encoded in the model name (paper convention, research/paper_sources.md §8)"
+SOURCE_ZOO = "microsoft/Cream TinyCLIP/README.md model zoo (docs/sources.md §2)"
+SOURCE_ZOO_EARLY = "earliest Cream TinyCLIP README, params column (docs/sources.md §3)"
+SOURCE_NAME = "parameter counts encoded in the model name (paper convention, docs/sources.md §4-5)"
 
 
 @dataclass(frozen=True)

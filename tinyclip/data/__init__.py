@@ -1,4 +1,4 @@
-"""Data for the reproduction (DESIGN.md section 5): building the profiles' data sets and loading them.
+"""Data for the reproduction (docs/data.md): building the profiles' data sets and loading them.
 
 * :func:`build` / ``tinyclip data build``: the smoke (synthetic) or mini (registry packages) data set as
   webdataset shards plus clip-benchmark evaluation sets and a data card (:mod:`.build`, :mod:`.card`).

@@ -10,7 +10,7 @@ Output (``<data root>/<profile>/``)::
     card.json, card.png          the data card (counts, licences, skips, overlap) and an example grid
     build.json                   the completion stamp: a later build with the same fingerprint is a no-op
 
-Splits (deterministic; DESIGN.md section 5): Tux stamps are split by *unique caption* (a salted hash
+Splits (deterministic; docs/data.md §2): Tux stamps are split by *unique caption* (a salted hash
 orders the captions; the first 30% are held out), so no test caption is seen in training; each held-out
 caption keeps one image because retrieval needs one positive per query. OpenMoji is evaluation only and
 keeps the items whose code point the Noto training emoji cover. Fashion-MNIST keeps its official split.

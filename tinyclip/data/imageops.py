@@ -4,7 +4,7 @@ The plain (evaluation) path is :func:`fit_square_pil`: pad to a square with whit
 on white), then resize to the model's input size. The training loader caches images already fitted to at most
 the input size and applies the same function at batch time, so ``augment=False`` training batches equal the
 evaluation preprocessing bit for bit. :func:`augment` is the feasibility study's augmentation
-(research/mini_teacher_feasibility.md): random affine (scale 0.75-1.05, shift +-10%) and brightness jitter
+(docs/data.md §2-3): random affine (scale 0.75-1.05, shift +-10%) and brightness jitter
 (0.8-1.2), with every parameter given explicitly so the caller decides where randomness comes from. (The
 study's random light background is moot: images are stored composited on white.)
 """

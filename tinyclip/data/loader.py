@@ -5,7 +5,7 @@
 splits over DDP ranks without communication:
 
 * the number of rows per source is fixed by the weights (largest remainder: 20% Fashion-MNIST of every
-  batch, as the feasibility study trained);
+  batch, as the teacher feasibility study trained: docs/data.md §2-3);
 * each source is walked through epoch permutations seeded by ``(seed, source, epoch)``: step ``t`` takes
   positions ``[t*k, (t+1)*k)``, so items are not repeated before the source is exhausted and a batch has no
   duplicate pair (false negatives for the contrastive loss) unless a source is smaller than its share;

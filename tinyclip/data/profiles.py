@@ -1,7 +1,7 @@
-"""Data profiles (DESIGN.md section 5): what each profile's data set is made of, as plain data.
+"""Data profiles (docs/design.md §4, docs/data.md): what each profile's data set is made of, as plain data.
 
 * ``smoke``: a synthetic world of coloured shapes, generated in seconds with no download (tests, CI).
-* ``mini``:  the embedded real data set built from registry packages (research/offline_assets.md):
+* ``mini``:  the embedded real data set built from registry packages (docs/data.md §1):
   Tux Paint stamps, Noto and OpenMoji emoji, OpenClipart, Fashion-MNIST.
 * ``paper``: user-supplied LAION-400M / YFCC-15M webdataset shards (img2dataset layout); nothing is built.
 
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..errors import TinyCLIPError
 
-# The training mix of research/mini_teacher_feasibility.md: Tux 0.2, Noto 0.3, OpenClipart 0.5 of the
+# The training mix of the teacher feasibility study (docs/data.md §2-3): Tux 0.2, Noto 0.3, OpenClipart 0.5 of the
 # non-Fashion-MNIST part, and Fashion-MNIST as 20% of every batch (without it the prompted classification
 # falls below chance).
 DEFAULT_WEIGHTS = {"tux": 0.8 * 0.2, "noto": 0.8 * 0.3, "openclipart": 0.8 * 0.5, "fmnist": 0.2}

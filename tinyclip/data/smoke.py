@@ -1,7 +1,7 @@
 """The smoke profile's synthetic world: coloured shapes with captions, generated in about a second.
 
 It mirrors the mini profile's sources and layouts so that every code path (build, card, loader, evaluation)
-runs in tests and CI with no download, in the ShapeWorld spirit (research/offline_assets.md section 4):
+runs in tests and CI with no download, in the ShapeWorld spirit (docs/data.md §2):
 
 * ``tux``: "a big red circle on the left." (size x colour x shape x position; split by unique caption)
 * ``noto``: "an emoji of a big red circle." (4 templates), ``openmoji``: the same names in an outlined

@@ -1,4 +1,4 @@
-"""The mini profile's real image-caption sources (research/offline_assets.md section 1), one reader each.
+"""The mini profile's real image-caption sources (docs/data.md §1), one reader each.
 
 Each source lists *tasks* (small picklable descriptions of one item, from the unpacked package tree) and
 renders a task into a record (:func:`tinyclip.data.records.make_record`) or raises :class:`Skip`.

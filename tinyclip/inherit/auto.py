@@ -1,7 +1,7 @@
 """Automatic weight inheritance: learnable hard-concrete masks, sparsity control, physical pruning.
 
 Paper section 3.2 ("automatic inheritance"), with the masks of CoFi/L0 (Louizos et al. 2018) as in the
-official code (research/official_impl.md section 3), its bugs fixed (section 7 there):
+official code (docs/official_code.md §3), its bugs fixed (the numbers below are that page's §7; docs/deviations.md):
 
 * Masks per tower (vision and text masked independently, parameter budget joint): ``hidden`` (m_embed, one
   gate per residual-stream channel, shared by all layers), ``heads`` (m_head, each head's attention output
@@ -799,7 +799,7 @@ class MaskOptimizer:
 
 
 # The vision/text split the official masks learned, as fractions of each tower's original size after each stage
-# of the ViT-B/32 auto chain (research/official_impl.md section 4): stage target sparsity -> (vision, text).
+# of the ViT-B/32 auto chain (docs/official_code.md §4, docs/sources.md §4): stage target sparsity -> (vision, text).
 OFFICIAL_AUTO_SPLIT = {0.25: (0.72, 0.81), 0.50: (0.51, 0.47), 0.75: (0.25, 0.26)}
 
 

@@ -13,7 +13,7 @@ is redundant in width). This module does that for open_clip ``CLIP`` models with
 Every student parameter and buffer is copied from the teacher; the report's ``inherited_fraction`` counts it.
 The student is an ordinary open_clip ``CLIP`` (export it with :func:`tinyclip.export.save_open_clip_dir`).
 
-Deviations from the official code (research/official_impl.md §2, §7), each a deliberate choice:
+Deviations from the official code (docs/official_code.md §2, §7; docs/deviations.md), each a deliberate choice:
 
 * **Depth rule.** Default ``depth_rule="even"``: evenly spaced layers that include the first and the last
   teacher layer, ``round(i·(T−1)/(S−1))`` (paper: "k layers at even intervals"). The official code's

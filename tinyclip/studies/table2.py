@@ -1,4 +1,4 @@
-"""Table 2 of this reproduction: the LAION-400M comparison of the paper's section 4.2 (DESIGN.md §7).
+"""Table 2 of this reproduction: the LAION-400M comparison of the paper's section 4.2 (docs/design.md §6).
 
 Three parts, side by side in ``notebooks/table2.ipynb``:
 
@@ -232,7 +232,7 @@ def auto_stage_rows(profile: str = "mini", seed: int | None = None) -> list[dict
 
 
 def teacher_routes(profile: str = "mini", seed: int | None = None) -> list[dict[str, Any]]:
-    """The teacher routes of DESIGN.md §5 with what each reached: the LiT teacher (pretrained PyPI towers +
+    """The teacher routes of docs/data.md §3 with what each reached: the LiT teacher (pretrained PyPI towers +
     trained heads), the mini teacher distilled from it (``{profile}_teacher.yaml``) and the same teacher trained
     from scratch (``{profile}_teacher_scratch.yaml``); rows only for what has been built or finished."""
     from ..lit import default_out_dir
