@@ -115,6 +115,14 @@ def _data_under_a_file(scratch: Path, env: Path) -> list[str]:
     return ["data", "build", "--profile", "smoke", "--data-root", str(scratch / "a-file" / "data")]
 
 
+def _non_finite(scratch: Path, env: Path) -> Path:
+    state = torch.load(env / "teacher.pt")
+    state["visual.proj"][0, 0] = float("nan")
+    path = scratch / "nan.pt"
+    torch.save(state, path)
+    return path
+
+
 def _bad_student_weights_for_inherit(scratch: Path, env: Path) -> list[str]:
     return ["inherit", "--teacher", "TinyCLIP-smoke-teacher", "--teacher-weights", str(_garbage(scratch, env)),
             "--student", "TinyCLIP-smoke-S50", "--out", str(scratch / "student")]
@@ -170,6 +178,7 @@ CASES = [
     teacher_file_case("truncated checkpoint", "does not load into TinyCLIP-smoke-teacher", _truncated_pt),
     teacher_file_case("truncated safetensors", "does not load into TinyCLIP-smoke-teacher", _truncated_safetensors),
     teacher_file_case("wrong-architecture teacher", "does not load into TinyCLIP-smoke-teacher", _wrong_architecture),
+    teacher_file_case("non-finite teacher weights", "holds non-finite values (first in visual.proj)", _non_finite),
     Case("inherit from a corrupt checkpoint", _bad_student_weights_for_inherit, "cannot load teacher weights"),
     # data and folders
     Case("missing evaluation set", _without_eval_set, "evaluation set tux is missing"),
@@ -213,3 +222,66 @@ def test_hostile_input_is_one_line_exit_2_nothing_written(case, env, tmp_path, m
 
 def test_the_table_has_at_least_25_cases():
     assert len(CASES) >= 25
+
+
+def _damage_first_shard(train: Path) -> tuple[int, int]:
+    """In the first training shard: sample 0's image garbled, sample 1's caption emptied, and the header of the
+    member 12 from the end broken (what follows cannot be located). Returns (samples written, samples readable)."""
+    import io
+    import json
+    import tarfile
+
+    shard = sorted(train.glob("shard-*.tar"))[0]
+    with tarfile.open(shard) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar if m.isfile()]
+    keys = list(dict.fromkeys(m.name.split(".")[0] for m, _ in members))
+    with tarfile.open(shard, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for info, data in members:
+            key, ext = info.name.split(".", 1)
+            if key == keys[0] and ext == "jpg":
+                data = b"\xff\xd8 not really a jpeg"
+            if key == keys[1] and ext in ("txt", "json"):
+                data = b" " if ext == "txt" else json.dumps({**json.loads(data), "captions": [" "]}).encode()
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    raw = bytearray(shard.read_bytes())
+    offsets, pos = [], 0
+    while pos + 512 <= len(raw) and raw[pos:pos + 512] != bytes(512):
+        offsets.append(pos)
+        pos += 512 + (int(raw[pos + 124:pos + 136].split(b"\0")[0] or b"0", 8) + 511) // 512 * 512
+    raw[offsets[-12] + 10] ^= 0x55   # a damaged name byte: the header checksum no longer matches
+    shard.write_bytes(bytes(raw))
+    lost = len({m.name.split(".")[0] for m, _ in members[len(offsets) - 12:]})
+    return len(keys), len(keys) - lost
+
+
+def test_damaged_samples_are_skipped_counted_and_training_continues(env, tmp_path, monkeypatch, capsys):
+    data = tmp_path / "data" / "smoke"
+    shutil.copytree(env / "smoke", data)
+    written, readable = _damage_first_shard(data / "train")
+    recipe = with_value(with_value(BASE, "teacher.weights", str(env / "teacher.pt")), "defaults.data",
+                        {"root": str(data), "augment": False})
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    monkeypatch.setenv("TINYCLIP_RUNS_ROOT", str(tmp_path / "runs"))
+    assert cli.main(["distill", "--recipe", str(path)]) == 0
+    (summary,) = __import__("json").loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["data_skipped"] == {"damaged tar data": written - readable, "undecodable image": 1,
+                                       "empty caption": 1}
+    assert written - readable >= 3
+
+
+def test_a_loss_that_turns_non_finite_stops_the_run_in_one_line(env, tmp_path, monkeypatch, capsys):
+    """Only training finds a diverging loss: one line naming the stage and step, exit 2, no traceback; the run is
+    left unfinished (no FINISHED marker, no exported student) so nothing downstream can reuse it."""
+    recipe = with_value(with_value(BASE, "teacher.weights", str(env / "teacher.pt")), "defaults.lr", 1.0e12)
+    recipe = with_value(recipe, "defaults.grad_clip", 0.0)
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    monkeypatch.setenv("TINYCLIP_RUNS_ROOT", str(tmp_path / "runs"))
+    monkeypatch.setenv("TINYCLIP_PROGRESS", "0")
+    capsys.readouterr()
+    assert cli.main(["distill", "--recipe", str(path)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "the loss is not finite at step" in lines[0], lines
+    assert not list((tmp_path / "runs").rglob("FINISHED")) and not list((tmp_path / "runs").rglob("model"))

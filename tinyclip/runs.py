@@ -219,8 +219,12 @@ class Run:
             shutil.rmtree(child) if child.is_dir() else child.unlink()
 
     def start(self, seed: int, device: str, command: list[str] | None = None) -> None:
-        """Write the config and the provenance of a fresh (or resumed) attempt."""
+        """Write the config and the provenance of a fresh (or resumed) attempt; drop what a killed attempt left
+        in temporary files (the caller holds the run's lock, so no other writer is using them)."""
         self.dir.mkdir(parents=True, exist_ok=True)
+        for stale in [*self.dir.glob(".*.tmp"), *self.checkpoint_path.parent.glob(".*.tmp"),
+                      *self.model_dir.glob("*.tmp")]:
+            shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
         atomic_write_json(self.dir / "config.json", {"hash": self.hash, "labels": self.labels, "config": self.config})
         atomic_write_text(self.dir / "config.yaml",
                           yaml.safe_dump({"hash": self.hash, "labels": self.labels, "config": self.config},

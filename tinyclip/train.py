@@ -300,6 +300,8 @@ def train_stage(run: Run, stage: StageSpec, *, seed: int, teacher: "Teacher | No
         if auto is not None:
             summary["auto"] = {k: v for k, v in auto_report.items() if k != "config"}
             summary["architecture"] = pruned_architecture(student)
+        if hasattr(data, "skipped") and data.skipped():   # damaged samples the loader left out, by reason
+            summary["data_skipped"] = data.skipped()
         if teacher is not None and teacher.cache is not None:
             teacher.cache.flush()
             summary["teacher_cache"] = {"path": str(teacher.cache.path), "hits": teacher.cache.hits,

@@ -31,7 +31,7 @@ import random
 import shutil
 import tarfile
 import time
-from collections import OrderedDict, defaultdict
+from collections import Counter, OrderedDict, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -86,8 +86,9 @@ def _train_dir(root: str | Path) -> Path:
 
 
 def _tar_members(path: Path) -> list[tuple[str, bytes]]:
-    """(name, data) of the regular files in a tar. Plain ustar headers (what the build writes) are parsed
-    directly, ten times faster than :mod:`tarfile`; anything else (pax, GNU long names) goes to tarfile."""
+    """(name, data) of the regular files in a tar, up to the first damaged header or truncated member (what
+    follows cannot be located; the caller counts those samples as skipped). Plain ustar headers (what the build
+    writes) are parsed directly, ten times faster than :mod:`tarfile`; anything else goes to tarfile."""
     data = path.read_bytes()
     members, pos = [], 0
     while pos + 512 <= len(data):
@@ -97,16 +98,34 @@ def _tar_members(path: Path) -> list[tuple[str, bytes]]:
         kind = header[156:157]
         if kind not in (b"0", b"\0", b"5") or header[257:262] not in (b"ustar", bytes(5)):
             break   # extended headers: let tarfile handle the whole archive
-        size = int(header[124:136].split(b"\0", 1)[0].strip() or b"0", 8)
-        name = header[0:100].split(b"\0", 1)[0].decode("utf-8")
-        prefix = header[345:500].split(b"\0", 1)[0].decode("utf-8")
+        if sum(header[:148]) + 8 * 32 + sum(header[156:]) != _octal(header[148:156]):
+            return members   # damaged header: checksum mismatch
+        size = _octal(header[124:136])
+        if size < 0 or pos + 512 + size > len(data):
+            return members   # truncated member
+        name = header[0:100].split(b"\0", 1)[0].decode("utf-8", "replace")
+        prefix = header[345:500].split(b"\0", 1)[0].decode("utf-8", "replace")
         if kind != b"5":
             members.append((f"{prefix}/{name}" if prefix else name, data[pos + 512:pos + 512 + size]))
         pos += 512 + (size + 511) // 512 * 512
     else:
         return members
-    with tarfile.open(path) as tar:
-        return [(m.name, tar.extractfile(m).read()) for m in tar if m.isfile()]
+    members = []
+    try:
+        with tarfile.open(path) as tar:
+            for m in tar:
+                if m.isfile():
+                    members.append((m.name, tar.extractfile(m).read()))
+    except (tarfile.TarError, OSError, EOFError):
+        pass   # damaged from here on
+    return members
+
+
+def _octal(field: bytes) -> int:
+    try:
+        return int(field.split(b"\0", 1)[0].strip() or b"0", 8)
+    except ValueError:
+        return -1
 
 
 def shard_sizes(train: Path) -> dict[str, int]:
@@ -122,26 +141,42 @@ def shard_sizes(train: Path) -> dict[str, int]:
     return sizes
 
 
-def read_train_shards(train: Path, sources: set[str] | None = None) -> Iterable[tuple[str, bytes, list[str], dict]]:
-    """Yield (key, jpg bytes, captions, meta) from the shards listed in ``sizes.json``, checking each exists."""
-    for name in shard_sizes(train):
+def read_train_shards(train: Path, sources: set[str] | None = None, skipped: Counter | None = None
+                      ) -> Iterable[tuple[str, bytes, list[str], dict]]:
+    """Yield (key, jpg bytes, captions, meta) from the shards listed in ``sizes.json``, checking each exists.
+
+    A damaged sample is skipped and counted in ``skipped`` by reason, as webdataset and img2dataset users
+    expect: samples lost to a damaged tar header or a truncated shard, unreadable metadata, an empty caption, a
+    sample without an image."""
+    skipped = Counter() if skipped is None else skipped
+    for name, expected in shard_sizes(train).items():
         samples: dict[str, dict] = defaultdict(dict)
         try:
             for member, data in _tar_members(train / name):
                 key, _, ext = member.rpartition("/")[2].partition(".")
                 samples[key][ext] = data
-        except (tarfile.TarError, OSError, UnicodeDecodeError, ValueError) as exc:
+        except OSError as exc:
             raise TinyCLIPError(f"unreadable shard {train / name} ({exc}); rebuild the data set with --force") from None
+        lost = int(expected) - sum(1 for parts in samples.values() if "jpg" in parts)
+        if lost > 0:
+            skipped["damaged tar data"] += lost
+            log.warning("shard %s: %d sample(s) unreadable (damaged tar data), skipped", train / name, lost)
         for key, parts in samples.items():
-            meta = json.loads(parts["json"]) if "json" in parts else {}
+            try:
+                meta = json.loads(parts["json"]) if "json" in parts else {}
+            except ValueError:
+                skipped["unreadable metadata"] += 1
+                continue
             if sources is not None and meta.get("source") not in sources:
                 continue
             captions = [c for c in (" ".join(str(c).split()) for c in meta.get("captions") or
-                                    [parts.get("txt", b"").decode("utf-8")]) if c]
+                                    [parts.get("txt", b"").decode("utf-8", "replace")]) if c]
             if not captions:
-                raise TinyCLIPError(f"empty caption for sample {key} in {train / name}; rebuild the data set")
+                skipped["empty caption"] += 1
+                continue
             if "jpg" not in parts:
-                raise TinyCLIPError(f"sample {key} in {train / name} has no jpg image; rebuild the data set")
+                skipped["no image"] += 1
+                continue
             yield key, parts["jpg"], captions, meta
 
 
@@ -154,9 +189,10 @@ def cache_side(native: int, image_size: int) -> int:
 class DecodedImages:
     """Every training image decoded once: uint8 stacks per cached side, plus keys, sources and captions."""
 
-    def __init__(self, keys, sources, captions, side_of, row_of, stacks):
+    def __init__(self, keys, sources, captions, side_of, row_of, stacks, skipped: dict[str, int] | None = None):
         self.keys, self.sources, self.captions = keys, sources, captions
         self.side_of, self.row_of, self.stacks = side_of, row_of, stacks   # side_of/row_of: np.int32 [n]
+        self.skipped = dict(skipped or {})   # damaged samples left out, by reason
 
     @classmethod
     def decode(cls, train: Path, image_size: int) -> "DecodedImages":
@@ -164,9 +200,16 @@ class DecodedImages:
         by_side: dict[int, list[np.ndarray]] = defaultdict(list)
         rows = []
         sizes = shard_sizes(train)
-        for key, jpg, caps, meta in tqdm(read_train_shards(train), total=sum(sizes.values()),
-                                         desc="decode training images", leave=False, mininterval=2):
-            pil = Image.open(io.BytesIO(jpg))
+        skipped: Counter = Counter()
+        for key, jpg, caps, meta in tqdm(read_train_shards(train, skipped=skipped), total=sum(sizes.values()),
+                                         desc="decode training images", leave=False, mininterval=2,
+                                         disable=os.environ.get("TINYCLIP_PROGRESS") == "0"):
+            try:
+                pil = Image.open(io.BytesIO(jpg))
+                pil.load()
+            except (OSError, ValueError, Image.DecompressionBombError):
+                skipped["undecodable image"] += 1
+                continue
             side = cache_side(max(pil.size), image_size)
             img = np.asarray(fit_square_pil(pil, side))
             rows.append(len(by_side[side]))
@@ -176,7 +219,10 @@ class DecodedImages:
             sources.append(meta.get("source", "unknown"))
             captions.append(caps)
         stacks = {side: np.ascontiguousarray(np.stack(imgs).transpose(0, 3, 1, 2)) for side, imgs in by_side.items()}
-        return cls(keys, sources, captions, np.asarray(sides, np.int32), np.asarray(rows, np.int32), stacks)
+        if skipped:
+            log.warning("training data %s: skipped %s", train, dict(skipped))
+        return cls(keys, sources, captions, np.asarray(sides, np.int32), np.asarray(rows, np.int32), stacks,
+                   skipped)
 
     @staticmethod
     def cache_folder(train: Path, image_size: int) -> Path:
@@ -194,7 +240,7 @@ class DecodedImages:
                 index = json.loads((folder / "index.json").read_text())
                 stacks = {int(side): np.load(folder / f"side{side}.npy") for side in index["sides"]}
                 return cls(index["keys"], index["sources"], index["captions"], np.load(folder / "side_of.npy"),
-                           np.load(folder / "row_of.npy"), stacks)
+                           np.load(folder / "row_of.npy"), stacks, index.get("skipped"))
             except (OSError, ValueError, KeyError) as exc:
                 log.warning("ignoring a damaged decoded-image cache at %s (%s)", folder, exc)
         decoded = cls.decode(train, image_size)
@@ -219,7 +265,8 @@ class DecodedImages:
             np.save(tmp / "side_of.npy", self.side_of)
             np.save(tmp / "row_of.npy", self.row_of)
             (tmp / "index.json").write_text(json.dumps({"sides": sorted(self.stacks), "keys": self.keys,
-                                                        "sources": self.sources, "captions": self.captions}))
+                                                        "sources": self.sources, "captions": self.captions,
+                                                        "skipped": self.skipped}))
             tmp.rename(folder)
         except OSError as exc:  # a read-only data set still loads, only slower
             log.info("could not write the decoded-image cache %s (%s)", folder, exc)
@@ -269,6 +316,10 @@ class PairSource:
     # ------------------------------------------------------------------------------------------ basics
     def __len__(self) -> int:
         return sum(len(m) for m in self.members.values())
+
+    def skipped(self) -> dict[str, int]:
+        """Damaged training samples left out, by reason (reported in the run summary)."""
+        return dict(self._data.skipped)
 
     def counts(self) -> dict[str, int]:
         return {s: len(self.members[s]) for s in self.sources}
