@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import json
 import logging
 import math
 import os
@@ -63,6 +64,21 @@ if TYPE_CHECKING:
     from .teacher_cache import TeacherEmbeddingCache
 
 log = logging.getLogger(__name__)
+
+
+STATUS_ENV = "TINYCLIP_STATUS_FILE"
+
+
+def _write_status(stage: StageSpec, done: int, start_step: int, step_time: float) -> None:
+    """Where this stage stands, for the status lines of parallel jobs (:func:`tinyclip.jobs.run_many` sets
+    ``$TINYCLIP_STATUS_FILE``): stage, steps done and total, and the seconds per step so far."""
+    path = os.environ.get(STATUS_ENV)
+    if path:
+        per_step = step_time / max(done - start_step, 1)
+        tmp = f"{path}.tmp"
+        with open(tmp, "w") as f:
+            json.dump({"stage": stage.name, "step": done, "steps": stage.steps, "s_per_step": per_step}, f)
+        os.replace(tmp, path)
 
 
 # ============================================================================================== one stage
@@ -249,6 +265,7 @@ def train_stage(run: Run, stage: StageSpec, *, seed: int, teacher: "Teacher | No
             record["data_wait_s"] = round(data_wait, 4)  # time the loop waited for batches since the last record
             t_last, logged_step, data_wait = time.time(), done, 0.0
             run.append_metrics(record)
+            _write_status(stage, done, start_step, step_time)
         progress.update(stage.batch)
         if prune_now:
             # the end of the mask phase: prune to a dense student, then plain distillation with a fresh AdamW
