@@ -32,6 +32,21 @@ def manifest_path(profile: str) -> Path:
     return reports_dir(profile) / "manifest.json"
 
 
+def compute_path(profile: str) -> Path:
+    from .report import reports_dir
+
+    return reports_dir(profile) / "compute.json"
+
+
+def record_compute(profile: str, notebook: str, train_minutes: float, runs: int) -> None:
+    """A notebook's training cost for the index: the summed training minutes of the runs it reads (each run's own
+    ``train_s``, so runs shared with another notebook count in both) and how many runs that is."""
+    path = compute_path(profile)
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    data[notebook] = {"train_min": round(train_minutes, 1), "runs": runs}
+    atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
+
+
 def _fmt(value, digits: int = 2, signed: bool = False) -> str:
     if value is None:
         return "–"
@@ -48,6 +63,7 @@ def index_html(profile: str) -> str:
 
     base = reports_dir(profile)
     manifest = json.loads(manifest_path(profile).read_text()) if manifest_path(profile).is_file() else {}
+    compute = json.loads(compute_path(profile).read_text()) if compute_path(profile).is_file() else {}
     claims_rows = []
     for c in load_claims(profile):
         exists = (base / f"{c['notebook']}.html").is_file()
@@ -79,6 +95,9 @@ def index_html(profile: str) -> str:
             if entry.get("error"):
                 prov += f"<br><span class='note'>{html.escape(entry['error'])}</span>"
         wall = f"{entry['wall_s'] / 60:.1f} min" if entry else "–"
+        if name in compute:
+            wall += (f"<br><span class='note'>training: {compute[name]['train_min']:.0f} min summed over "
+                     f"{compute[name]['runs']} runs</span>")
         report_rows.append(f"<tr><td>{title}</td><td>{html.escape(description)}</td><td>{_verdict(status)}</td>"
                            f"<td class='num'>{wall}</td><td class='note'>{prov}</td></tr>")
     scale = ("mini profile: measured at mini scale on a 2-core CPU with the embedded data set and a mini teacher — "
@@ -96,8 +115,10 @@ def index_html(profile: str) -> str:
             + "".join(claims_rows) + "</table>"
             "<h2>Reports</h2><table><tr><th>report</th><th>contents</th><th>status</th><th>wall time</th>"
             "<th>provenance</th></tr>" + "".join(report_rows) + "</table>"
-            "<p class='note'>Wall time: executing the notebook with every run it needs already finished is "
-            "minutes; the training each needs from nothing is listed by <code>make help</code>.</p>"
+            "<p class='note'>Wall time: executing and rendering the notebook (with its runs already trained, "
+            "this is minutes); training: the summed training time of the runs the report reads, each measured in "
+            "its run folder (runs side by side share the cores, so the wall time to train them from nothing is "
+            "about this sum divided by the parallel jobs).</p>"
             "</body></html>\n")
 
 

@@ -257,6 +257,12 @@ def copy_with(arm: Arm, **changes: Any) -> Arm:
     return Arm(**values)
 
 
+def training_minutes(rows: Sequence[Mapping[str, Any]]) -> tuple[float, int]:
+    """(summed training minutes, number of runs) behind :func:`score_rows` rows."""
+    runs = sum(r.get("seeds", 0) for r in rows)
+    return sum(r.get("train_min", 0.0) * r.get("seeds", 0) for r in rows), runs
+
+
 def score_rows(arms: Sequence[Arm], seeds: Sequence[int], metrics: Sequence[str] = ("fmnist", "retrieval"),
                teacher: Arm | None = None) -> list[dict[str, Any]]:
     """One row per arm (and its teacher first, when given): size, seeds finished, and each metric's mean over
