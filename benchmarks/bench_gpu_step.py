@@ -15,6 +15,15 @@ does not depend on the weights):
 * ``open_clip_train``: ``open_clip_train.main.main`` with ``--distill-model`` on the same shards (its own
   webdataset loader with the same number of workers; its loss is contrastive + distillation).
 
+Options measured against those rows (``--compile``, ``--channels-last`` or by name in ``--rows``):
+
+* ``ceiling_compile`` / ``memory_compile``: the same with the student + loss module under ``torch.compile`` (the
+  recipe switch ``compile: true``; the trainer compiles on CUDA only). The compile is paid in the first steps:
+  the row records them (``first_steps_s``) and ``ratios`` the steady-state speed-up and the steps after which
+  the compile has paid for itself (``compile_break_even_steps``);
+* ``ceiling_channels_last``: the ceiling with the teacher, the student and the images in channels-last memory
+  format (what NHWC convolutions would give the ResNet students; the ``resnet`` set).
+
 Our rows are read from the run's ``metrics.jsonl``: every ``--log-every`` steps the trainer writes the window's
 pairs/s and ``data_wait_s`` (time the loop waited for batches); the first window (start-up) is left out.
 open_clip_train's steps are timed by a proxy around its dataloader (benchmarks/bench_distill_step.py). Output:
@@ -23,6 +32,8 @@ JSON with pairs/s per row, each row's ratio to the ceiling, data wait vs compute
 compute, i.e. the data wait hidden).
 
     python benchmarks/bench_gpu_step.py --set paper           # GPU: ViT-B/32 -> TinyCLIP-ViT-61M/32, batch 1024
+    python benchmarks/bench_gpu_step.py --set paper --rows ceiling --compile        # torch.compile pays?
+    python benchmarks/bench_gpu_step.py --set resnet --rows ceiling --channels-last  # RN50 -> ResNet-30M, NHWC
     python benchmarks/bench_gpu_step.py --set mini --threads 2  # this project's CPU
 """
 from __future__ import annotations
@@ -45,6 +56,9 @@ SETS: dict[str, dict[str, Any]] = {
     # paper shapes (the GPU measurement of issue 11)
     "paper": {"teacher": "ViT-B-32", "student": "TinyCLIP-ViT-61M-32-Text-29M", "batch": 1024, "precision": "bf16",
               "images": 22528, "jpeg": 256, "shards": 32, "workers": 8, "log_every": 5, "windows": 4},
+    # the ResNet students (RN50 -> TinyCLIP-ResNet-30M-Text-29M): channels-last
+    "resnet": {"teacher": "RN50", "student": "TinyCLIP-ResNet-30M-Text-29M", "batch": 512, "precision": "bf16",
+               "images": 11264, "jpeg": 256, "shards": 32, "workers": 8, "log_every": 5, "windows": 4},
     # the mini Table 2 models on this project's CPU
     "mini": {"teacher": "TinyCLIP-mini-teacher", "student": "TinyCLIP-mini-S50", "batch": 256, "precision": "bf16",
              "images": 2048, "jpeg": 72, "shards": 8, "workers": 1, "log_every": 1, "windows": 6},
@@ -53,6 +67,9 @@ SETS: dict[str, dict[str, Any]] = {
              "images": 256, "jpeg": 40, "shards": 4, "workers": 1, "log_every": 1, "windows": 4},
 }
 OC_PRECISION = {"fp32": "fp32", "bf16": "amp_bf16", "amp": "amp"}
+ROWS = ("ceiling", "ceiling_compile", "ceiling_channels_last", "memory", "memory_compile", "stream",
+        "open_clip_train")
+DATA_ROWS = ("memory", "memory_compile", "stream", "open_clip_train")  # rows that read the synthetic shards
 
 
 # ============================================================================================== data
@@ -100,7 +117,7 @@ def write_shards(folder: Path, images: int, side: int, shards: int, seed: int = 
 
 # ============================================================================================== our rows
 def _recipe(spec: dict[str, Any], data_root: Path, loader: str, workers: int, total: int, log_every: int,
-            device: str, seed: int):
+            device: str, seed: int, compile: bool = False):
     from tinyclip.recipe import parse_recipe
 
     raw = {"name": f"bench-gpu-step-{loader}", "seed": seed, "device": device,
@@ -109,14 +126,16 @@ def _recipe(spec: dict[str, Any], data_root: Path, loader: str, workers: int, to
                                  "workers": workers},
                         "precision": spec["precision"], "batch": spec["batch"], "steps": total, "lr": 1e-4,
                         "warmup": 2, "loss": "affinity", "logit_scale": {"mode": "fixed", "value": 50.0},
-                        "checkpoint_every": 10 ** 6, "log_every": log_every, "eval": {"tasks": []}},
+                        "checkpoint_every": 10 ** 6, "log_every": log_every, "eval": {"tasks": []},
+                        **({"compile": True} if compile else {})},
            "stages": [{"name": loader, "student": spec["student"], "init": "random"}]}
     return parse_recipe(raw)
 
 
 def _trainer_row(spec: dict[str, Any], data_root: Path, loader: str, args: argparse.Namespace, teacher_model,
-                 device: str, tmp: Path) -> dict[str, Any]:
-    """One real train_stage run; pairs/s and data wait from its metrics windows after the first."""
+                 device: str, tmp: Path, compile: bool = False) -> dict[str, Any]:
+    """One real train_stage run; pairs/s and data wait from its metrics windows after the first (with
+    ``compile``, the first window holds the compile)."""
     import open_clip
 
     from tinyclip import train
@@ -125,7 +144,7 @@ def _trainer_row(spec: dict[str, Any], data_root: Path, loader: str, args: argpa
     from tinyclip.runs import Run
 
     total = spec["log_every"] * spec["windows"]
-    recipe = _recipe(spec, data_root, loader, args.workers, total, spec["log_every"], device, args.seed)
+    recipe = _recipe(spec, data_root, loader, args.workers, total, spec["log_every"], device, args.seed, compile)
     stage = recipe.stages[0]
     cfg = resolve_stage(recipe, 0, teacher={"bench": spec["teacher"], "seed": args.seed}, previous=None,
                         device=device.split(":")[0], world_size=1)
@@ -141,9 +160,10 @@ def _trainer_row(spec: dict[str, Any], data_root: Path, loader: str, args: argpa
         data.to(device)
     load_s = time.perf_counter() - t0
     previous = os.environ.get("TINYCLIP_RUNS_ROOT")
-    os.environ["TINYCLIP_RUNS_ROOT"] = str(tmp / f"runs_{loader}")
+    os.environ["TINYCLIP_RUNS_ROOT"] = str(tmp / f"runs_{loader}{'_compile' if compile else ''}")
     try:
         run = Run(cfg, labels={"benchmark": "gpu_step", "stage": loader})
+        compiled = train.compiles(stage, student, device)
         run.reset()
         run.start(args.seed, device)
         t0 = time.perf_counter()
@@ -166,12 +186,16 @@ def _trainer_row(spec: dict[str, Any], data_root: Path, loader: str, args: argpa
             "median_data_wait_s": round(statistics.median(wait_s), 4), "median_compute_s": round(med_compute, 4),
             "step_over_compute": round(med_step / med_compute, 4) if med_compute > 0 else None,
             "timed_steps": steps_per * len(windows), "loader_workers": args.workers, "data_load_s": round(load_s, 2),
-            "wall_s": round(wall, 2), "final_loss": records[-1]["loss"]}
+            "wall_s": round(wall, 2), "final_loss": records[-1]["loss"],
+            "first_window_step_s": round(spec["batch"] / records[0]["samples_per_s"], 4),
+            **({"compiled": compiled} if compile else {})}
 
 
 def _ceiling_row(spec: dict[str, Any], teacher_model, image_size: int, args: argparse.Namespace,
-                 device: str) -> dict[str, Any]:
-    """The trainer's step on device-resident random tensors: what the input pipeline can at best reach."""
+                 device: str, compile: bool = False, channels_last: bool = False) -> dict[str, Any]:
+    """The trainer's step on device-resident random tensors: what the input pipeline can at best reach.
+    ``compile``: the student + loss module under torch.compile, as the trainer's ``compile: true``;
+    ``channels_last``: teacher, student and images in channels-last memory format (the teacher is put back)."""
     import open_clip
 
     from tinyclip.losses import DistillationLoss, LossConfig
@@ -181,14 +205,21 @@ def _ceiling_row(spec: dict[str, Any], teacher_model, image_size: int, args: arg
     torch.manual_seed(args.seed)
     student = load_model(spec["student"], None).to(device).train()
     student.logit_scale.requires_grad_(False)
+    if channels_last:
+        student.to(memory_format=torch.channels_last)
+        teacher_model.to(memory_format=torch.channels_last)
     loss_fn = DistillationLoss(LossConfig.from_mode("affinity"), student_dim=int(student.text_projection.shape[1]),
                                teacher_dim=int(teacher_model.text_projection.shape[1])).to(device)
     model = StudentWithLoss(student, loss_fn)
+    if compile:
+        model.compile()
     fused = {"fused": True} if device.startswith("cuda") else {}
     opt = torch.optim.AdamW(param_groups(model, 0.2), lr=1e-4, **fused)
     params = [p for p in model.parameters() if p.requires_grad]
     b = spec["batch"]
     images = torch.randn(b, 3, image_size, image_size, device=device)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
     text_cfg = open_clip.get_model_config(spec["student"])["text_cfg"]
     tokens = torch.randint(1, text_cfg.get("vocab_size", 49408) - 1, (b, text_cfg.get("context_length", 77)),
                            device=device)
@@ -207,9 +238,30 @@ def _ceiling_row(spec: dict[str, Any], teacher_model, image_size: int, args: arg
         opt.step()
 
     on_gpu = device.startswith("cuda")
-    for _ in range(max(2, spec["log_every"])):
+    sync = torch.cuda.synchronize if on_gpu else (lambda: None)
+    warmup, n = max(2, spec["log_every"]), spec["log_every"] * (spec["windows"] - 1)
+    try:
+        sync()
+        t0 = time.perf_counter()
         step()
-    n = spec["log_every"] * (spec["windows"] - 1)
+        sync()
+        first_s = time.perf_counter() - t0
+        for _ in range(warmup - 1):
+            step()
+        sync()
+        warmup_s = time.perf_counter() - t0
+        med = _time_steps(step, n, on_gpu)
+    finally:
+        if channels_last:
+            teacher_model.to(memory_format=torch.contiguous_format)
+    return {"pairs_per_s": round(b / med, 1), "median_step_s": round(med, 4), "timed_steps": n,
+            "first_step_s": round(first_s, 3), "first_steps_s": round(warmup_s, 3), "first_steps": warmup,
+            "optimizer": "AdamW fused" if fused else "AdamW (foreach)",
+            **({"compile": True} if compile else {}), **({"channels_last": True} if channels_last else {})}
+
+
+def _time_steps(step, n: int, on_gpu: bool) -> float:
+    """Seconds per step over ``n`` steps."""
     if on_gpu:  # one sync around all steps: timing each would serialise the host and the device
         torch.cuda.synchronize()
         t0 = time.perf_counter()
@@ -224,8 +276,7 @@ def _ceiling_row(spec: dict[str, Any], teacher_model, image_size: int, args: arg
             step()
             times.append(time.perf_counter() - t0)
         med = statistics.median(times)
-    return {"pairs_per_s": round(b / med, 1), "median_step_s": round(med, 4), "timed_steps": n,
-            "optimizer": "AdamW fused" if fused else "AdamW (foreach)"}
+    return med
 
 
 # ============================================================================================== open_clip_train
@@ -271,7 +322,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=None, help="loader workers (default: the set's)")
     parser.add_argument("--images", type=int, default=None, help="synthetic JPEGs to write (default: the set's)")
     parser.add_argument("--rows", default="ceiling,memory,stream,open_clip_train",
-                        help="comma-separated subset of ceiling, memory, stream, open_clip_train")
+                        help=f"comma-separated subset of {', '.join(ROWS)}")
+    parser.add_argument("--compile", action="store_true",
+                        help="add the torch.compile variant of the ceiling and memory rows asked for")
+    parser.add_argument("--channels-last", action="store_true",
+                        help="add the channels-last variant of the ceiling row (the resnet set)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="JSON output (default: runs/bench/gpu_step_<set>.json)")
     args = parser.parse_args(argv)
@@ -290,6 +345,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     rows_wanted = [r.strip() for r in args.rows.split(",") if r.strip()]
+    if args.compile:
+        rows_wanted += [f"{r}_compile" for r in ("ceiling", "memory") if r in rows_wanted]
+    if args.channels_last and "ceiling" in rows_wanted:
+        rows_wanted.append("ceiling_channels_last")
+    unknown = sorted(set(rows_wanted) - set(ROWS))
+    if unknown:
+        parser.error(f"unknown rows {', '.join(unknown)}; choose from {', '.join(ROWS)}")
     out_path = args.out or runs_root() / "bench" / f"gpu_step_{args.set}.json"
     image_size = int(open_clip.get_model_config(spec["student"])["vision_cfg"]["image_size"])
 
@@ -298,28 +360,63 @@ def main(argv: list[str] | None = None) -> int:
                               "image_size": image_size, "loss": "affinity (logit scale fixed at 50)",
                               "torch": torch.__version__, "threads": torch.get_num_threads(),
                               "gpu": torch.cuda.get_device_name(0) if device == "cuda" else None, "rows": {}}
+    result["command"] = " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])])
+    rows = result["rows"]
+
+    def save() -> None:  # after every row: a run cut short by a time limit keeps the rows it measured
+        result["ratios"] = _ratios(rows, device)
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out_path, result)
+
     with tempfile.TemporaryDirectory(prefix="bench_gpu_step_") as tmp_name:
         tmp = Path(tmp_name)
-        t0 = time.perf_counter()
-        data_root = write_shards(tmp / "data", spec["images"], spec["jpeg"], spec["shards"], args.seed)
-        result["data"] = {"images": spec["images"], "jpeg_px": spec["jpeg"], "shards": spec["shards"],
-                          "write_s": round(time.perf_counter() - t0, 1)}
+        data_root = None
+        if any(r in rows_wanted for r in DATA_ROWS):  # the ceiling rows need no shards
+            t0 = time.perf_counter()
+            data_root = write_shards(tmp / "data", spec["images"], spec["jpeg"], spec["shards"], args.seed)
+            result["data"] = {"images": spec["images"], "jpeg_px": spec["jpeg"], "shards": spec["shards"],
+                              "write_s": round(time.perf_counter() - t0, 1)}
         torch.manual_seed(args.seed)
         teacher_model = load_model(spec["teacher"], None).to(device).eval().requires_grad_(False)
-        rows = result["rows"]
-        if "ceiling" in rows_wanted:
-            rows["ceiling"] = _ceiling_row(spec, teacher_model, image_size, args, device)
-        for loader in ("memory", "stream"):
-            if loader in rows_wanted:
-                rows[f"tinyclip_{loader}"] = _trainer_row(spec, data_root, loader, args, teacher_model, device, tmp)
+        for name in ("ceiling", "ceiling_compile", "ceiling_channels_last"):
+            if name in rows_wanted:
+                rows[name] = _ceiling_row(spec, teacher_model, image_size, args, device,
+                                          compile=name.endswith("_compile"),
+                                          channels_last=name.endswith("_channels_last"))
+                save()
+        for name in ("memory", "memory_compile", "stream"):
+            if name in rows_wanted:
+                loader = name.split("_")[0]
+                rows[f"tinyclip_{name}"] = _trainer_row(spec, data_root, loader, args, teacher_model, device, tmp,
+                                                        compile=name.endswith("_compile"))
+                save()
         if "open_clip_train" in rows_wanted:
             rows["open_clip_train"] = _open_clip_row(spec, data_root, args, device, teacher_model, tmp)
+    save()
+    print(json.dumps(result))
+    return 0
 
+
+def _ratios(rows: dict[str, dict[str, Any]], device: str) -> dict[str, Any]:
+    """Each row's ratio to the ceiling (written into the row), the targets, and what the options buy."""
     ceiling = rows.get("ceiling", {}).get("pairs_per_s")
     for row in rows.values():
         if ceiling:
             row["ratio_to_ceiling"] = round(row["pairs_per_s"] / ceiling, 3)
     ratios: dict[str, Any] = {}
+    for eager, option, key in (("ceiling", "ceiling_compile", "compile"),
+                               ("tinyclip_memory", "tinyclip_memory_compile", "memory_compile"),
+                               ("ceiling", "ceiling_channels_last", "channels_last")):
+        if eager in rows and option in rows and rows[option].get("compiled", True):  # the trainer: CUDA only
+            ratios[f"{key}_over_eager"] = round(rows[option]["pairs_per_s"] / rows[eager]["pairs_per_s"], 3)
+    if "ceiling" in rows and "ceiling_compile" in rows:
+        # the compile is paid in the first steps; it pays back (eager - compiled) seconds a step after that
+        eager, comp = rows["ceiling"], rows["ceiling_compile"]
+        overhead = (comp["first_steps_s"] - comp["first_steps"] * comp["median_step_s"]) - \
+                   (eager["first_steps_s"] - eager["first_steps"] * eager["median_step_s"])
+        gain = eager["median_step_s"] - comp["median_step_s"]
+        ratios["compile_overhead_s"] = round(overhead, 1)
+        ratios["compile_break_even_steps"] = math.ceil(overhead / gain) if gain > 0 else None
     ours = rows.get("tinyclip_memory")
     if ours and "open_clip_train" in rows:
         ratios["tinyclip_memory_over_open_clip_train"] = round(ours["pairs_per_s"] / rows["open_clip_train"]["pairs_per_s"], 3)
@@ -335,12 +432,7 @@ def main(argv: list[str] | None = None) -> int:
             ratios["target_cpu"] = {"step_over_compute_max": 1.05,
                                     "met": bool(ours["step_over_compute"] is not None
                                                 and ours["step_over_compute"] <= 1.05)}
-    result["ratios"] = ratios
-    result["command"] = " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])])
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out_path, result)
-    print(json.dumps(result))
-    return 0
+    return ratios
 
 
 if __name__ == "__main__":

@@ -81,6 +81,9 @@ STAGE_DEFAULTS: dict[str, Any] = {
     "checkpoint_every": 100,     # steps; not part of the run identity
     "log_every": 10,             # steps; not part of the run identity
     "auto": None,                # kind "auto": tinyclip.inherit.auto.AutoInheritSpec fields (target_sparsity, ...)
+    # torch.compile the student + loss module on CUDA (ignored on CPU). Part of the run identity only when true
+    # (compiled kernels round differently), so every run resolved before the key existed keeps its hash
+    "compile": False,
 }
 _UNHASHED = ("checkpoint_every", "log_every")
 _INIT_CHOICES = ("teacher", "previous", "random")
@@ -151,6 +154,7 @@ class StageSpec:
     checkpoint_every: int
     log_every: int
     auto: dict[str, Any] | None = None   # kind "auto": a resolved tinyclip.inherit.auto.AutoInheritSpec
+    compile: bool = False                # torch.compile the student + loss on CUDA (tinyclip.train)
 
 
 @dataclass(frozen=True)
@@ -387,7 +391,8 @@ def _parse_stage(raw: dict[str, Any], index: int, defaults: dict[str, Any], has_
         warmup_steps=warmup_steps, weight_decay=weight_decay, betas=betas, eps=eps, grad_clip=grad_clip,
         precision=precision, logit_scale=logit, eval=evaluation, teacher_cache=bool(merged["teacher_cache"]),
         checkpoint_every=_number(merged["checkpoint_every"], f"{where}: checkpoint_every", int, low=1),
-        log_every=max(1, _number(merged["log_every"], f"{where}: log_every", int)), auto=auto)
+        log_every=max(1, _number(merged["log_every"], f"{where}: log_every", int)), auto=auto,
+        compile=schema.boolean(merged["compile"], f"{where}: compile"))
 
 
 def _epoch_size(data: DataSpec, where: str) -> int:
@@ -583,6 +588,7 @@ def resolve_stage(recipe: Recipe, index: int, *, teacher: dict[str, Any], previo
         "teacher_cache": stage.teacher_cache,
         "auto": stage.auto,
         "seed": recipe.seed,
+        **({"compile": True} if stage.compile else {}),  # absent when false: older runs keep their hashes
     }
 
 

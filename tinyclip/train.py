@@ -353,6 +353,8 @@ def _optimisation(student: nn.Module, loss_fn: nn.Module, stage: StageSpec, cfg:
     if world.world_size > 1:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[world.local_rank]
                                                     if device.startswith("cuda") else None)
+    if compiles(stage, student, device):
+        model.compile()  # in place: parameter names, state dicts and checkpoints stay those of the eager module
     l0 = ({id(p) for p in student.mask_parameters() + student.lagrangian_parameters()}
           if isinstance(student, MaskedCLIP) else set())
     params = [p for p in model.parameters() if p.requires_grad and id(p) not in l0]
@@ -362,6 +364,20 @@ def _optimisation(student: nn.Module, loss_fn: nn.Module, stage: StageSpec, cfg:
     optimizer = torch.optim.AdamW(param_groups(model, stage.weight_decay, skip=l0), lr=stage.lr,
                                   betas=tuple(betas), eps=eps, **({"fused": True} if device.startswith("cuda") else {}))
     return model, optimizer, params
+
+
+def compiles(stage: StageSpec, student: nn.Module, device: str) -> bool:
+    """Whether the stage loop runs the student + loss through ``torch.compile`` (recipe ``compile: true``): on
+    CUDA only (on a CPU the compile costs minutes and the switch is ignored, with a log line), and not in an
+    auto stage's mask phase (its gates are sampled afresh every step); the pruned student of that stage is
+    compiled. The student itself stays eager for evaluation and export; the first compiled steps pay for the
+    compile (benchmarks/bench_gpu_step.py, rows ``*_compile``)."""
+    if not stage.compile:
+        return False
+    if not device.startswith("cuda"):
+        log.info("stage %r: compile: true is ignored on %s (torch.compile is used on CUDA only)", stage.name, device)
+        return False
+    return not isinstance(student, MaskedCLIP)
 
 
 @torch.no_grad()
