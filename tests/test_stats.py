@@ -103,3 +103,13 @@ def test_combined_verdicts():
     assert stats.combine_verdicts([R, I]) == I
     assert stats.combine_verdicts([R, N, I]) == N
     assert stats.combine_verdicts([]) == I
+
+
+def test_a_verdict_needs_three_seeds():
+    from tinyclip.studies.claims import compare
+
+    a = {s: np.ones(20) for s in range(3)}
+    b = {s: np.zeros(20) for s in range(3)}
+    assert compare(a, b)["verdict"] == "reproduced" and not compare(a, b)["too_few_seeds"]
+    two = compare({0: a[0], 1: a[1]}, {0: b[0], 1: b[1]})
+    assert two["estimate"] == 100.0 and two["too_few_seeds"] and two["verdict"] == "inconclusive"

@@ -32,14 +32,22 @@ CLAIMS: dict[str, tuple[str, str]] = {
 }
 
 
+MIN_SEEDS = 3   # a verdict needs at least this many seeds; below it the comparison is shown but inconclusive
+
+
 def compare(a: Mapping[int, Any], b: Mapping[int, Any], *, kind: str = "difference", threshold: float | None = None,
-            claimed: str = "above") -> dict[str, Any]:
+            claimed: str = "above", min_seeds: int = MIN_SEEDS) -> dict[str, Any]:
     """A paired comparison of two arms' per-item outcomes (seed → scores in [0, 1]) with its verdict: a difference
-    in points (A − B, threshold 0 by default) or a ratio (A / B, threshold 1 by default)."""
+    in points (A − B, threshold 0 by default) or a ratio (A / B, threshold 1 by default). With fewer than
+    ``min_seeds`` seeds in common the interval covers too little of the seed variance to carry a verdict: it is
+    "inconclusive" whatever the interval says."""
     effect = stats.paired_effect(a, b, kind=kind, scale=100.0 if kind == "difference" else 1.0)
     threshold = (0.0 if kind == "difference" else 1.0) if threshold is None else threshold
-    return {**effect.as_dict(), "threshold": threshold, "claimed": claimed,
-            "verdict": stats.verdict(effect.ci_low, effect.ci_high, threshold=threshold, claimed=claimed)}
+    verdict = stats.verdict(effect.ci_low, effect.ci_high, threshold=threshold, claimed=claimed)
+    if effect.n_seeds < min_seeds:
+        verdict = stats.INCONCLUSIVE
+    return {**effect.as_dict(), "threshold": threshold, "claimed": claimed, "verdict": verdict,
+            "too_few_seeds": effect.n_seeds < min_seeds}
 
 
 def claim_entry(claim_id: str, *, verdict: str, comparison: Mapping[str, Any] | None, metric: str, profile: str,
@@ -90,6 +98,8 @@ def verdict_sentence(entry: Mapping[str, Any], unit: str = "points") -> str:
     else:
         measured = f"{entry['effect']:+.2f} {unit} (95 % CI {entry['ci_low']:+.2f} to {entry['ci_high']:+.2f})"
     seeds = f", {entry['n_seeds']} seeds" if entry.get("n_seeds") else ""
+    if entry.get("n_seeds") and entry["n_seeds"] < MIN_SEEDS:
+        seeds += f" (fewer than the {MIN_SEEDS} a verdict needs: inconclusive until the others finish)"
     detect = (f"; smallest detectable effect ±{entry['detectable']:.2f}" if entry.get("detectable") is not None
               and entry.get("kind") != "ratio" else "")
     return (f"**{entry['id']}** — {entry['claim']}. Measured on {entry['metric']}: {measured}{seeds}{detect}. "
