@@ -47,7 +47,7 @@ def test_notebook_renders_with_verdicts(roots, name, params, claim_ids):
     html = out.read_text()
     assert out == roots / "reports" / "smoke" / f"{name}.html"
     assert "jp-RenderedImage" in html or "<img" in html, "the report has no figure"
-    assert "application/vnd.jupyter.stderr" not in html, "stderr leaked into the report"
+    assert 'data-mime-type="application/vnd.jupyter.stderr"' not in html, "stderr leaked into the report"
     claims = {c["id"]: c for c in json.loads((roots / "reports" / "smoke" / "claims.json").read_text())}
     assert list(claims) == list(CLAIMS)  # every claim listed, in order
     for claim_id in claim_ids:
