@@ -113,3 +113,17 @@ def test_a_verdict_needs_three_seeds():
     assert compare(a, b)["verdict"] == "reproduced" and not compare(a, b)["too_few_seeds"]
     two = compare({0: a[0], 1: a[1]}, {0: b[0], 1: b[1]})
     assert two["estimate"] == 100.0 and two["too_few_seeds"] and two["verdict"] == "inconclusive"
+
+
+def test_verdict_sentences_for_every_kind_of_entry():
+    from tinyclip.studies.claims import claim_entry, compare, verdict_sentence
+
+    diff = compare({s: np.ones(5) for s in range(3)}, {s: np.zeros(5) for s in range(3)})
+    ratio = compare({s: np.full(5, 0.5) for s in range(3)}, {0: np.ones(5)}, kind="ratio", threshold=0.95)
+    assert "+100.00 points" in verdict_sentence(claim_entry("C2", verdict=diff["verdict"], comparison=diff,
+                                                            metric="m", profile="smoke"))
+    assert "ratio 0.500" in verdict_sentence(claim_entry("C8", verdict=ratio["verdict"], comparison=ratio,
+                                                         metric="m", profile="smoke"))
+    c9 = claim_entry("C9", verdict="reproduced", comparison=None, metric="m", profile="smoke", note="max 1 %.")
+    c9["effect"] = 1.1
+    assert "deterministic" in verdict_sentence(c9) and "reproduced" in verdict_sentence(c9)

@@ -93,7 +93,9 @@ def verdict_sentence(entry: Mapping[str, Any], unit: str = "points") -> str:
     """The claim, the measured effect with its interval, and the verdict, as one markdown sentence."""
     if entry["verdict"] == NOT_YET_RUN or entry.get("effect") is None:
         return f"**{entry['id']}** — {entry['claim']}: **{entry['verdict']}**."
-    if entry.get("kind") == "ratio":
+    if entry.get("ci_low") is None:  # a deterministic check (C9): no seeds, no interval; the note says what
+        measured = f"{entry['effect']:.2f} (deterministic, no interval)"
+    elif entry.get("kind") == "ratio":
         measured = f"ratio {entry['effect']:.3f} (95 % CI {entry['ci_low']:.3f} to {entry['ci_high']:.3f})"
     else:
         measured = f"{entry['effect']:+.2f} {unit} (95 % CI {entry['ci_low']:+.2f} to {entry['ci_high']:+.2f})"
