@@ -56,8 +56,13 @@ def test_seed_variance_widens_the_interval():
 def test_single_run_arm_is_shared_by_every_seed_and_unmatched_seeds_are_dropped():
     teacher = {0: np.full(10, 0.8)}
     student = {1: np.full(10, 0.4), 2: np.full(10, 0.8)}
-    e = stats.paired_effect(student, teacher, kind="ratio")
+    e = stats.paired_effect(student, teacher, kind="ratio", shared_b=True)
     assert e.n_seeds == 2 and e.estimate == pytest.approx(0.75)
+    # without shared_b an arm that has finished one seed is paired on that seed only, never broadcast
+    e = stats.paired_effect({0: np.ones(4), 1: np.ones(4), 2: np.ones(4)}, {0: np.zeros(4)})
+    assert e.n_seeds == 1
+    with pytest.raises(ValueError, match="single run"):
+        stats.paired_effect(student, student, shared_b=True)
     e = stats.paired_effect({0: np.ones(4), 1: np.ones(4)}, {1: np.zeros(4), 7: np.zeros(4)})
     assert e.n_seeds == 1
     with pytest.raises(ValueError, match="no seed in common"):
@@ -119,7 +124,8 @@ def test_verdict_sentences_for_every_kind_of_entry():
     from tinyclip.studies.claims import claim_entry, compare, verdict_sentence
 
     diff = compare({s: np.ones(5) for s in range(3)}, {s: np.zeros(5) for s in range(3)})
-    ratio = compare({s: np.full(5, 0.5) for s in range(3)}, {0: np.ones(5)}, kind="ratio", threshold=0.95)
+    ratio = compare({s: np.full(5, 0.5) for s in range(3)}, {0: np.ones(5)}, kind="ratio", threshold=0.95,
+                    shared_b=True)
     assert "+100.00 points" in verdict_sentence(claim_entry("C2", verdict=diff["verdict"], comparison=diff,
                                                             metric="m", profile="smoke"))
     assert "ratio 0.500" in verdict_sentence(claim_entry("C8", verdict=ratio["verdict"], comparison=ratio,

@@ -63,13 +63,13 @@ def _as_matrix(outcomes: Mapping[int, Sequence[float]] | Sequence[Sequence[float
 
 
 def paired_effect(a: Mapping[int, Sequence[float]], b: Mapping[int, Sequence[float]], *, kind: str = "difference",
-                  scale: float = 1.0, n_boot: int = 2000, seed: int = 0) -> Effect:
+                  scale: float = 1.0, shared_b: bool = False, n_boot: int = 2000, seed: int = 0) -> Effect:
     """The effect of arm ``a`` over arm ``b``: ``mean(a) − mean(b)`` (``kind="difference"``) or
     ``mean(a) / mean(b)`` (``"ratio"``), each mean over seeds and items; ``scale`` multiplies a difference
     (100 turns a share into points).
 
-    ``a`` and ``b`` map seed → per-item outcomes. Seeds present in both are paired; an arm with a single run (a
-    teacher, shared by every seed of the other arm) is broadcast to every seed of the other. The interval is the
+    ``a`` and ``b`` map seed → per-item outcomes. Seeds present in both are paired. With ``shared_b`` arm ``b`` is
+    one run shared by every seed of ``a`` (a teacher) and is paired with each of them. The interval is the
     2.5–97.5 percentile of ``n_boot`` two-level bootstrap replicates (seeds, then items within each seed, the same
     draw for both arms), so it is reproducible for a given ``seed``."""
     if kind not in ("difference", "ratio"):
@@ -78,10 +78,10 @@ def paired_effect(a: Mapping[int, Sequence[float]], b: Mapping[int, Sequence[flo
     seeds_b, mb = _as_matrix(b)
     if ma.shape[1] != mb.shape[1]:
         raise ValueError(f"the arms were scored on different items ({ma.shape[1]} vs {mb.shape[1]})")
-    if len(seeds_b) == 1 and len(seeds_a) > 1:
+    if shared_b:
+        if len(seeds_b) != 1:
+            raise ValueError(f"shared_b: arm b must be a single run, got seeds {seeds_b}")
         mb = np.repeat(mb, len(seeds_a), axis=0)
-    elif len(seeds_a) == 1 and len(seeds_b) > 1:
-        ma = np.repeat(ma, len(seeds_b), axis=0)
     else:
         common = sorted(set(seeds_a) & set(seeds_b))
         if not common:

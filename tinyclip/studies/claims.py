@@ -36,12 +36,12 @@ MIN_SEEDS = 3   # a verdict needs at least this many seeds; below it the compari
 
 
 def compare(a: Mapping[int, Any], b: Mapping[int, Any], *, kind: str = "difference", threshold: float | None = None,
-            claimed: str = "above", min_seeds: int = MIN_SEEDS) -> dict[str, Any]:
+            claimed: str = "above", shared_b: bool = False, min_seeds: int = MIN_SEEDS) -> dict[str, Any]:
     """A paired comparison of two arms' per-item outcomes (seed → scores in [0, 1]) with its verdict: a difference
     in points (A − B, threshold 0 by default) or a ratio (A / B, threshold 1 by default). With fewer than
     ``min_seeds`` seeds in common the interval covers too little of the seed variance to carry a verdict: it is
     "inconclusive" whatever the interval says."""
-    effect = stats.paired_effect(a, b, kind=kind, scale=100.0 if kind == "difference" else 1.0)
+    effect = stats.paired_effect(a, b, kind=kind, scale=100.0 if kind == "difference" else 1.0, shared_b=shared_b)
     threshold = (0.0 if kind == "difference" else 1.0) if threshold is None else threshold
     verdict = stats.verdict(effect.ci_low, effect.ci_high, threshold=threshold, claimed=claimed)
     if effect.n_seeds < min_seeds:

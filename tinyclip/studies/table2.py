@@ -299,7 +299,7 @@ def seeded_analysis(profile: str = "mini", seeds=SEEDS) -> dict[str, Any] | None
             student, teacher = arm_outcomes(arm, seeds, metric), teacher_outcomes(arm, metric)
             if student and teacher:
                 ratios.append({"claim": "C8", "a": arm.key, "b": "teacher", "metric": metric,
-                               **compare(student, teacher, kind="ratio", threshold=C8_MARGIN)})
+                               **compare(student, teacher, kind="ratio", threshold=C8_MARGIN, shared_b=True)})
     head = next((r for r in ratios if r["a"].startswith("manual") and r["metric"] == "fmnist"
                  and r["a"].endswith(arms_last_manual(arms))), None)
     claims = []
