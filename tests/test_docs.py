@@ -58,10 +58,7 @@ def test_no_tracked_file_outside_docs_cites_private_notes():
                        "URL instead:\n" + "\n".join(found))
 
 
-# Rendered reports are regenerated from the notebooks and the library, which the test above checks; a report
-# rendered before its sources were corrected still carries the old text until `make report` runs again.
-@pytest.mark.xfail(strict=False, reason="a committed report may predate its notebook's corrected citations; "
-                                        "re-render it (make report NB=...) and this passes")
+# Rendered reports are regenerated from the notebooks and the library, which the test above checks.
 def test_rendered_reports_cite_no_private_notes():
     reports = [p for p in _tracked_files() if _is_rendered_report(p)]
     found = _private_citations(reports)
