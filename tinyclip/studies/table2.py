@@ -386,11 +386,3 @@ def _cmd_reproduce(args) -> int:
     print(json.dumps({"report": str(out), "profile": args.profile}))
     return 0
 
-
-def add_cli(subparsers) -> None:
-    parser = subparsers.add_parser("reproduce-table2", help="data, the Table 2 recipes, and reports/table2.html")
-    parser.add_argument("--profile", default="mini", choices=["smoke", "mini", "paper"])
-    parser.add_argument("--parallel", type=int, default=None,
-                        help="recipes trained side by side (default: all of them, one torch thread each)")
-    parser.add_argument("--no-train", action="store_true", help="only render what has finished")
-    parser.set_defaults(func=_cmd_reproduce)
