@@ -199,7 +199,7 @@ def _bad(tmp_path, env, case):
     ("missing data", "does not exist"),
     ("missing checkpoint", "missing.pt does not exist"),
     ("sparsity outside [0, 1)", r"target_sparsity must lie in \[0, 1\)"),
-    ("non-finite loss", "loss is not finite at step 0"),
+    ("non-finite loss", "holds non-finite values"),  # caught at the input check, before any step
 ])
 def test_bad_inputs_stop_with_exit_code_2(env, runs, tmp_path, capsys, case, message):
     code = cli_main(["distill", "--recipe", str(_bad(tmp_path, env, case))])
