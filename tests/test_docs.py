@@ -1,7 +1,7 @@
 """The repository stands alone (issue 9 §5): it cites only its own files and public URLs.
 
-* No tracked file outside docs/ cites the project's private design notes (a DESIGN.md, research/*.md notes, or
-  the ../shared folder that held them); the facts they held are in docs/.
+* No tracked file outside docs/ cites the project's private design and research notes (the patterns are in
+  ``PRIVATE_CITATION`` below); the facts they held are in docs/.
 * Every relative link in README.md and docs/*.md — a markdown link ``](path)`` or a ``docs/...`` path in the
   text — points to a file that exists, and a ``#section`` of a markdown file to one of its headings.
 """

@@ -12,8 +12,6 @@ Three parts, side by side in ``notebooks/table2.ipynb``:
 from __future__ import annotations
 
 import json
-import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +20,13 @@ import torch
 from torch import nn
 
 from .. import zoo
-from ..errors import TinyCLIPError
 from ..inherit.auto import official_split_chain
 from ..inherit.manual import inherit_manual
 from ..pruned import PrunedCLIP
-from ..recipe import load_recipe, resolve_device, resolve_recipe, teacher_recipe
-from ..runs import Run, project_root
+from ..recipe import load_recipe
+from ..runs import project_root
 from ..throughput import throughput_table
+from .common import recipe_summaries
 
 RECIPES_DIR = project_root() / "recipes"
 TABLE2_RECIPES = ("manual", "scratch", "auto")   # part (c): recipes/<profile>_<kind>.yaml
@@ -114,27 +112,6 @@ def paper_scale_rows(measure_throughput: bool = True, batch_size: int = 32, roun
                 row["published_throughput_pairs_s"] = ref.throughput_pairs_s
         rows.append(row)
     return rows
-
-
-def recipe_summaries(path: str | Path, seed: int | None = None) -> list[dict[str, Any]] | None:
-    """The FINISHED summaries of a recipe's teacher (if it trains one) and stages, found by their run hashes
-    without training anything; ``None`` while any of them is missing."""
-    recipe = load_recipe(path, seed=seed)
-    device = resolve_device(recipe.device)
-    recipes = ([teacher_recipe(recipe)] if recipe.teacher.kind == "train" else []) + [recipe]
-    summaries = []
-    for part in recipes:
-        try:
-            configs = resolve_recipe(part, device=device, world_size=1)
-        except TinyCLIPError:  # e.g. its LiT teacher is not built yet: nothing of it can have finished
-            return None
-        for config, stage in zip(configs, part.stages):
-            run = Run(config)
-            if not run.is_finished():
-                return None
-            summaries.append({**run.summary(), "recipe": part.name, "stage_name": stage.name,
-                              "init": stage.init, "kind": stage.kind})
-    return summaries
 
 
 def _metric_columns(metrics: dict[str, dict[str, float]]) -> dict[str, float]:
