@@ -1,4 +1,4 @@
-"""Tests of the LiT teacher (tinyclip/lit.py) on tiny random towers; one test loads the real packaged towers."""
+"""Tests of the LiT teacher (tinyclip/lit/) on tiny random towers; one test loads the real packaged towers."""
 from __future__ import annotations
 
 import builtins
