@@ -133,3 +133,17 @@ def test_verdict_sentences_for_every_kind_of_entry():
     c9 = claim_entry("C9", verdict="reproduced", comparison=None, metric="m", profile="smoke", note="max 1 %.")
     c9["effect"] = 1.1
     assert "deterministic" in verdict_sentence(c9) and "reproduced" in verdict_sentence(c9)
+
+
+def test_an_untrained_measurement_states_its_own_seed_rule():
+    """C4's removals on one teacher resample items only (min_seeds=1): no "fewer than 3 seeds" caveat, a real verdict."""
+    from tinyclip.studies.claims import claim_entry, compare, verdict_sentence
+
+    rng = np.random.default_rng(0)
+    one = compare({0: rng.random(400) < 0.8}, {0: rng.random(400) < 0.2}, min_seeds=1)
+    assert one["verdict"] == "reproduced" and one["min_seeds"] == 1
+    sentence = verdict_sentence(claim_entry("C4", verdict=one["verdict"], comparison=one, metric="m", profile="smoke"))
+    assert ", 1 seed;" in sentence and "fewer than" not in sentence
+    three = compare({0: rng.random(400) < 0.8}, {0: rng.random(400) < 0.2})   # the default rule still needs 3
+    assert "fewer than the 3" in verdict_sentence(claim_entry("C1", verdict=three["verdict"], comparison=three,
+                                                              metric="m", profile="smoke"))

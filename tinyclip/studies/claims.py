@@ -47,7 +47,7 @@ def compare(a: Mapping[int, Any], b: Mapping[int, Any], *, kind: str = "differen
     if effect.n_seeds < min_seeds:
         verdict = stats.INCONCLUSIVE
     return {**effect.as_dict(), "threshold": threshold, "claimed": claimed, "verdict": verdict,
-            "too_few_seeds": effect.n_seeds < min_seeds}
+            "too_few_seeds": effect.n_seeds < min_seeds, "min_seeds": min_seeds}
 
 
 def claim_entry(claim_id: str, *, verdict: str, comparison: Mapping[str, Any] | None, metric: str, profile: str,
@@ -58,6 +58,7 @@ def claim_entry(claim_id: str, *, verdict: str, comparison: Mapping[str, Any] | 
     return {"id": claim_id, "claim": text, "verdict": verdict, "effect": head.get("estimate"),
             "ci_low": head.get("ci_low"), "ci_high": head.get("ci_high"), "n_seeds": head.get("n_seeds"),
             "kind": head.get("kind"), "threshold": head.get("threshold"), "detectable": head.get("detectable"),
+            "min_seeds": head.get("min_seeds", MIN_SEEDS),
             "metric": metric, "notebook": notebook, "profile": profile, "details": list(details), "note": note}
 
 
@@ -99,9 +100,11 @@ def verdict_sentence(entry: Mapping[str, Any], unit: str = "points") -> str:
         measured = f"ratio {entry['effect']:.3f} (95 % CI {entry['ci_low']:.3f} to {entry['ci_high']:.3f})"
     else:
         measured = f"{entry['effect']:+.2f} {unit} (95 % CI {entry['ci_low']:+.2f} to {entry['ci_high']:+.2f})"
-    seeds = f", {entry['n_seeds']} seeds" if entry.get("n_seeds") else ""
-    if entry.get("n_seeds") and entry["n_seeds"] < MIN_SEEDS:
-        seeds += f" (fewer than the {MIN_SEEDS} a verdict needs: inconclusive until the others finish)"
+    n = entry.get("n_seeds")
+    seeds = f", {n} seed{'s' if n != 1 else ''}" if n else ""
+    needed = entry.get("min_seeds") or MIN_SEEDS
+    if n and n < needed:
+        seeds += f" (fewer than the {needed} a verdict needs: inconclusive until the others finish)"
     detect = (f"; smallest detectable effect ±{entry['detectable']:.2f}" if entry.get("detectable") is not None
               and entry.get("kind") != "ratio" else "")
     return (f"**{entry['id']}** — {entry['claim']}. Measured on {entry['metric']}: {measured}{seeds}{detect}. "

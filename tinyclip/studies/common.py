@@ -194,15 +194,16 @@ def run_items(summary: Mapping[str, Any]) -> dict[str, dict[str, list[int]]]:
     return items
 
 
-def _evaluate_items(run_dir: Path) -> dict[str, dict[str, list[int]]]:
+def load_run_model(run_dir: str | Path):
+    """(model in eval mode, eval preprocess, tokenizer, evaluation root) of a finished run's exported student."""
     import open_clip
-    import torch
 
-    from ..eval import eval_transform, evaluate_model
+    from ..eval import eval_transform
     from ..export import load_open_clip_dir
     from ..pruned import load_pruned
     from ..recipe import DataSpec
 
+    run_dir = Path(run_dir)
     config = json.loads((run_dir / "config.json").read_text())["config"]
     model_dir = run_dir / "model"
     model = load_pruned(model_dir) if config["kind"] == "auto" else load_open_clip_dir(model_dir)[0]
@@ -213,10 +214,19 @@ def _evaluate_items(run_dir: Path) -> dict[str, dict[str, list[int]]]:
                                 cfg.get("mean", open_clip.OPENAI_DATASET_MEAN), cfg.get("std", open_clip.OPENAI_DATASET_STD))
     data = config["data"]
     root = DataSpec(profile=data["profile"], root=data["root"]).resolved_root()
-    spec = config["eval"]
+    return model.eval(), preprocess, tokenizer, root / "eval"
+
+
+def _evaluate_items(run_dir: Path) -> dict[str, dict[str, list[int]]]:
+    import torch
+
+    from ..eval import evaluate_model
+
+    model, preprocess, tokenizer, eval_root = load_run_model(run_dir)
+    spec = json.loads((run_dir / "config.json").read_text())["config"]["eval"]
     items: dict[str, dict[str, list[int]]] = {}
     with torch.no_grad():
-        evaluate_model(model, preprocess, tokenizer, root / "eval", tasks=spec["tasks"], batch_size=spec["batch_size"],
+        evaluate_model(model, preprocess, tokenizer, eval_root, tasks=spec["tasks"], batch_size=spec["batch_size"],
                        max_items=spec["max_items"], items=items)
     return items
 

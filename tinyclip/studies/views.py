@@ -172,3 +172,122 @@ def speed_figure(rows: Sequence[Mapping[str, Any]], device: str = "cpu"):
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     return fig
+
+
+# ------------------------------------------------------------------------------------------- redundancy (C4)
+TOWER_NAMES = {"vision": "image tower", "text": "text tower"}
+
+
+def similarity_figure(similarity: Mapping[str, Any], title: str = ""):
+    """Linear CKA between layer outputs, one heat-map per tower (row / column 0 is the input to the first block)."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(similarity), figsize=(5.2 * len(similarity), 4.4))
+    for ax, (tower, matrix) in zip(axes, similarity.items()):
+        im = ax.imshow(matrix, vmin=0, vmax=1, cmap="viridis")
+        ticks = range(len(matrix))
+        ax.set_xticks(ticks, ["in"] + [str(i + 1) for i in ticks][:-1])
+        ax.set_yticks(ticks, ["in"] + [str(i + 1) for i in ticks][:-1])
+        ax.set_xlabel("after block")
+        ax.set_title(TOWER_NAMES[tower])
+        for i in ticks:
+            for j in ticks:
+                ax.text(j, i, f"{matrix[i][j]:.2f}", ha="center", va="center", fontsize=6,
+                        color="white" if matrix[i][j] < 0.6 else "black")
+    fig.colorbar(im, ax=list(axes), shrink=0.8, label="linear CKA")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def single_layer_figure(single: Mapping[str, Sequence[Mapping[str, Any]]], metrics: Sequence[str], title: str = ""):
+    """The cost (points lost, measurement half) of removing each block alone; one panel per metric."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 3.4))
+    axes = [axes] if len(metrics) == 1 else list(axes)
+    for ax, metric in zip(axes, metrics):
+        for offset, (tower, rows) in zip((-0.2, 0.2), single.items()):
+            x = np.arange(len(rows)) + 1
+            ax.bar(x + offset, [r[f"{metric}_drop"] for r in rows], width=0.4, label=TOWER_NAMES[tower])
+        ax.axhline(0, color="black", lw=0.8)
+        ax.set_xlabel("block removed")
+        ax.set_ylabel(f"points lost, {SHORT[metric]}")
+        ax.legend(fontsize=8)
+        ax.grid(axis="y", alpha=0.3)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def removal_figure(rows: Sequence[Mapping[str, Any]], base: Mapping[str, float], metrics: Sequence[str],
+                   title: str = ""):
+    """Score against block parameters removed, depth (least important blocks) against width (magnitude; random
+    as the control, mean and range over seeds); rows of panels per metric, columns per tower."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    towers = list(dict.fromkeys(r["tower"] for r in rows))
+    fig, axes = plt.subplots(len(metrics), len(towers), figsize=(5.4 * len(towers), 3.3 * len(metrics)),
+                             squeeze=False)
+    styles = {"depth": ("o-", "#d62728"), "width": ("s-", "#1f77b4"), "width (random)": ("^--", "#7f7f7f")}
+    for i, metric in enumerate(metrics):
+        for j, tower in enumerate(towers):
+            ax = axes[i][j]
+            for kind, (fmt, colour) in styles.items():
+                ks = sorted({r["k"] for r in rows if r["tower"] == tower and r["kind"] == kind})
+                if not ks:
+                    continue
+                xs, ys, lo, hi = [], [], [], []
+                for k in ks:
+                    sel = [r for r in rows if r["tower"] == tower and r["kind"] == kind and r["k"] == k]
+                    vals = np.array([r[metric] for r in sel])
+                    xs.append(np.mean([r["params_removed_m"] for r in sel]))
+                    ys.append(vals.mean())
+                    lo.append(vals.mean() - vals.min())
+                    hi.append(vals.max() - vals.mean())
+                label = {"depth": "depth: least important blocks", "width": "width: lowest-magnitude heads + neurons",
+                         "width (random)": "width: random (range over seeds)"}[kind]
+                ax.errorbar(xs, ys, yerr=[lo, hi] if kind == "width (random)" else None, fmt=fmt, color=colour,
+                            capsize=3, label=label)
+            ax.axhline(base[metric], color="black", lw=0.8, ls=":", label="teacher")
+            ax.set_title(TOWER_NAMES[tower], fontsize=10)
+            ax.set_xlabel("block parameters removed (M)")
+            ax.set_ylabel(SHORT[metric])
+            ax.grid(alpha=0.3)
+            if i == 0 and j == 0:
+                ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def allocation_figure(arch: Mapping[int, Mapping[str, Any]], title: str = ""):
+    """Share of heads and FFN neurons the automatic chain kept in each layer, per tower, one marker per seed."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10.4, 3.4), sharey=True)
+    markers = "os^Dv"
+    for ax, tower in zip(axes, ("vision", "text")):
+        for n, (seed, a) in enumerate(sorted(arch.items())):
+            layers = a[tower]["layers"]
+            x = [layer["layer"] + 1 for layer in layers]
+            ax.plot(x, [100 * layer["heads"] / max(1, layer["heads_original"]) for layer in layers],
+                    marker=markers[n % 5], color="#1f77b4", alpha=0.7, label=f"heads, seed {seed}")
+            ax.plot(x, [100 * layer["mlp"] / max(1, layer["mlp_original"]) for layer in layers],
+                    marker=markers[n % 5], color="#ff7f0e", alpha=0.7, ls="--", label=f"FFN neurons, seed {seed}")
+        ax.set_title(f"{TOWER_NAMES[tower]} (hidden width kept: "
+                     + ", ".join(f"{100 * a[tower]['hidden'] / a[tower]['hidden_original']:.0f} %"
+                                 for _, a in sorted(arch.items())) + ")", fontsize=9)
+        ax.set_xlabel("layer")
+        ax.set_ylim(-5, 105)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("kept (%)")
+    axes[1].legend(fontsize=7, ncol=2)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
