@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 NOTEBOOKS := table2 ablation_affinity ablation_inheritance redundancy
 
 .DEFAULT_GOAL := help
-.PHONY: help env browser test test-gpu models data data-card smoke smoke-auto check-resume check-faults report \
+.PHONY: help env browser test test-gpu models data data-card smoke smoke-auto check-resume check-faults report readme-claims \
 	reproduce-all reproduce-table2 reproduce-ablation_affinity reproduce-ablation_inheritance \
 	reproduce-redundancy lab
 
@@ -80,6 +80,9 @@ reproduce-all: env ## every notebook (runs shared between notebooks are trained 
 report: env ## re-render every report from finished runs (minutes)
 	@failed=""; for nb in $(NOTEBOOKS); do $(PY) -m tinyclip report $$nb --profile $(PROFILE) -p train False || \
 		failed="$$failed $$nb"; done; if [ -n "$$failed" ]; then echo "failed notebooks:$$failed"; exit 1; fi
+
+readme-claims: env ## copy the claims table of reports/claims.json into README.md (seconds)
+	$(PY) -c "from tinyclip.site import sync_readme_claims; sync_readme_claims('README.md', '$(PROFILE)')"
 
 # OMP_WAIT_POLICY=PASSIVE: with torch's default spin-waiting, 2 threads on 2 shared cores slowed a smoke step 4-9x.
 export OMP_WAIT_POLICY ?= PASSIVE

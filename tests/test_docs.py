@@ -146,3 +146,12 @@ def test_slug_matches_github():
     assert _slug("6. What \"Table 2\" means here") == "6-what-table-2-means-here"
     assert _slug("6. The reference numbers held in `tinyclip/zoo.py`") == "6-the-reference-numbers-held-in-tinyclipzoopy"
     assert _slug("2.4 The student configs") == "24-the-student-configs"
+
+
+def test_readme_claims_table_is_the_committed_claims_json(monkeypatch):
+    """Every verdict and number in the README's claims table comes from reports/claims.json (`make readme-claims`
+    copies it there)."""
+    from tinyclip.site import claims_markdown
+
+    monkeypatch.delenv("TINYCLIP_REPORTS_ROOT", raising=False)
+    assert claims_markdown("mini") in (ROOT / "README.md").read_text()

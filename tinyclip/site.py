@@ -122,6 +122,48 @@ def index_html(profile: str) -> str:
             "</body></html>\n")
 
 
+def _effect_text(c: dict) -> str:
+    """Effect and interval in one cell: ``+3.47 [+2.78, +4.18] points``, ``0.982 [0.975, 0.990] (ratio)``."""
+    if c.get("effect") is None:
+        return "–"
+    if c.get("ci_low") is None:  # a deterministic check (C9): no interval
+        return f"{c['effect']:.2f} (deterministic, no interval)"
+    if c.get("kind") == "ratio":
+        return f"{c['effect']:.3f} [{c['ci_low']:.3f}, {c['ci_high']:.3f}] (ratio)"
+    return f"{c['effect']:+.2f} [{c['ci_low']:+.2f}, {c['ci_high']:+.2f}] points"
+
+
+def claims_markdown(profile: str, link_prefix: str = "reports/") -> str:
+    """The claims table of ``claims.json`` as markdown (the README's copy is checked against it by the tests)."""
+    from .report import reports_dir
+    from .studies.claims import load_claims
+
+    base = reports_dir(profile)
+    lines = ["| id | claim (paper) | verdict | effect [95 % interval] | seeds | metric | report |",
+             "|---|---|---|---|---|---|---|"]
+    for c in load_claims(profile):
+        name = c["notebook"]
+        report = (f"[{name}]({link_prefix}{name}.html)" if (base / f"{name}.html").is_file()
+                  else f"{name} (not rendered yet)")
+        lines.append(f"| {c['id']} | {c['claim']} | **{c['verdict']}** | {_effect_text(c)} | "
+                     f"{c.get('n_seeds') or '–'} | {c.get('metric') or '–'} | {report} |")
+    return "\n".join(lines) + "\n"
+
+
+def sync_readme_claims(readme: str | Path, profile: str = "mini") -> bool:
+    """Rewrite the claims table in ``readme`` from ``claims.json``; True when it changed."""
+    path = Path(readme)
+    text = path.read_text()
+    start = text.find("| id | claim (paper) | verdict |")
+    if start < 0:
+        raise ValueError(f"{path} has no claims table (a line starting '| id | claim (paper) | verdict |')")
+    end = text.find("\n\n", start)
+    new = text[:start] + claims_markdown(profile).rstrip("\n") + (text[end:] if end >= 0 else "\n")
+    if new != text:
+        atomic_write_text(path, new)
+    return new != text
+
+
 def write_index(profile: str) -> Path:
     from .report import reports_dir
 

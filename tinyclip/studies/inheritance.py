@@ -88,6 +88,9 @@ def analyse(profile: str = "mini", seeds: Sequence[int] = (0, 1, 2), *, budget_s
                 f"length ({head['a']}); per length: " +
                 "; ".join(f"{c['a']} {c['estimate']:+.2f} [{c['ci_low']:+.2f}, {c['ci_high']:+.2f}] {c['verdict']}"
                           for c in c3) + ". Reproduced only if auto wins at every length.")
+        missing = [a.key for a in study if a.key.startswith("auto") and a.key not in {c["a"] for c in c3}]
+        if missing:
+            note += f" Not yet trained (left out of the verdict): {', '.join(missing)}."
         claims.append(claim_entry("C3", verdict=overall, comparison=head, metric=METRICS[PRIMARY], profile=profile,
                                   details=[c for c in comparisons if c["claim"] == "C3"], note=note))
     return {"arms": study, "rows": rows, "comparisons": comparisons, "claims": claims}
