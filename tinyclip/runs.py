@@ -141,7 +141,8 @@ def provenance(seed: int, device: str, command: list[str] | None = None) -> dict
     for name in _PACKAGES:
         with contextlib.suppress(metadata.PackageNotFoundError):
             versions[name] = metadata.version(name)
-    status = _git("status", "--porcelain")
+    # reports/ is left out: rendering one report changes it, which says nothing about the code that made the next
+    status = _git("status", "--porcelain", "--", ".", ":(exclude)reports")
     return {
         "git_commit": _git("rev-parse", "HEAD"),
         "git_dirty": None if status is None else bool(status),
