@@ -35,6 +35,7 @@ def roots(tmp_path_factory):
     ("ablation_affinity", SMOKE, ["C1"]),
     ("ablation_inheritance", {**SMOKE, "mask_fractions": [0.25, 0.4]}, ["C2", "C3"]),
     ("table2", {"seeds": [0, 1], "measure_throughput": False}, ["C8", "C9"]),
+    ("teacher_choice", SMOKE, ["C5"]),
 ])
 def test_notebook_renders_with_verdicts(roots, name, params, claim_ids):
     started = time.time()
