@@ -351,3 +351,51 @@ def test_build_refuses_profiles_without_a_built_data_set(tmp_path):
         lit.build_lit_teacher("paper", data_root=tmp_path, towers=toy_towers())
     with pytest.raises(TinyCLIPError, match="data build --profile smoke"):
         lit.build_lit_teacher("smoke", data_root=tmp_path, out_dir=tmp_path / "o", towers=toy_towers())
+
+
+def test_teacher_items_are_scored_like_a_students_and_recomputed_from_the_memo(smoke_root, tmp_path):
+    """The build keeps per-item outcomes (``eval_items.json``) that reproduce its metrics; a build without them is
+    evaluated once more through the tower memo, with no tower forward for the inputs it has seen."""
+    import json
+
+    import numpy as np
+
+    from tinyclip.eval import retrieval_mean_recall
+    summary = _smoke_build(smoke_root, tmp_path / "lit")
+    stored = json.loads((tmp_path / "lit" / lit.ITEMS_FILE).read_text())
+    items = stored["items"]
+    assert set(items) == {"fmnist", "tux", "openmoji"}
+    assert np.mean(items["fmnist"]["correct"]) == pytest.approx(summary["eval"]["fmnist"]["acc1"])
+    assert len(retrieval_mean_recall(items["tux"])) > 0
+    teacher = lit.load_lit_teacher(summary["paths"]["heads"], towers=toy_towers())
+    assert stored["params"]["total"] == sum(p.numel() for p in teacher.parameters())
+    kw = {"data_root": smoke_root, "out_dir": tmp_path / "lit", "towers": toy_towers()}
+    assert lit.teacher_eval_items("smoke", 16, **kw) == stored                     # read back, not recomputed
+    (tmp_path / "lit" / lit.ITEMS_FILE).unlink()
+    forwards = []
+    towers = toy_towers()
+    towers.image.register_forward_hook(lambda *a: forwards.append("image"))
+    towers.text.register_forward_hook(lambda *a: forwards.append("text"))
+    assert lit.teacher_eval_items("smoke", 16, **{**kw, "towers": towers})["items"] == items
+    assert forwards == []                                                           # every input was memoised
+    with pytest.raises(TinyCLIPError, match="built at 16 px, not 32"):
+        (tmp_path / "lit" / lit.ITEMS_FILE).unlink()
+        lit.teacher_eval_items("smoke", 32, **kw)
+    with pytest.raises(TinyCLIPError, match="no LiT teacher built"):
+        lit.teacher_eval_items("smoke", 16, data_root=smoke_root, out_dir=tmp_path / "none")
+
+
+def test_smoke_profile_trains_fewer_head_steps_by_default(smoke_root, tmp_path, monkeypatch):
+    from tinyclip.lit import build as build_module
+
+    seen = []
+
+    def stop(teacher, cache, heads, *a, **k):
+        seen.append(heads.steps)
+        raise TinyCLIPError("stop here")
+
+    monkeypatch.setattr(build_module, "train_heads", stop)
+    with pytest.raises(TinyCLIPError, match="stop here"):
+        lit.build_lit_teacher("smoke", data_root=smoke_root, out_dir=tmp_path / "lit", image_size=16,
+                              towers=toy_towers(), config=lit.LiTConfig(embed_dim=8, image_size=16), progress=False)
+    assert seen == [build_module.PROFILE_HEAD_STEPS["smoke"]] and lit.HeadTrainingConfig().steps == 1000

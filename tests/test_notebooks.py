@@ -36,6 +36,7 @@ def roots(tmp_path_factory):
     ("ablation_inheritance", {**SMOKE, "mask_fractions": [0.25, 0.4]}, ["C2", "C3"]),
     ("table2", {"seeds": [0, 1], "measure_throughput": False}, ["C8", "C9"]),
     ("redundancy", {"seeds": [0, 1], "random_seeds": [0, 1], "cka_items": 128}, ["C4"]),
+    ("teacher_choice", SMOKE, ["C5"]),
 ])
 def test_notebook_renders_with_verdicts(roots, name, params, claim_ids):
     started = time.time()

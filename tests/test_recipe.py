@@ -179,3 +179,39 @@ def test_epochs_count_the_training_shards(monkeypatch, tmp_path):
     monkeypatch.setenv("TINYCLIP_DATA_ROOT", str(tmp_path / "empty"))
     with pytest.raises(TinyCLIPError, match="sizes.json"):
         recipe(stages=[{"name": "a", "student": "TinyCLIP-smoke-S75", "epochs": 2}])
+
+
+def test_init_from_another_recipes_run_is_named_by_its_hash(monkeypatch, tmp_path):
+    from tinyclip.recipe import prerequisite_recipes
+
+    monkeypatch.setenv("TINYCLIP_DATA_ROOT", str(tmp_path))
+    source = tmp_path / "source.yaml"
+    source.write_text(yaml.safe_dump(BASE))
+    raw = copy.deepcopy(BASE)
+    raw["stages"] = [{"name": "c", "student": "TinyCLIP-smoke-S50", "init": {"train": "source.yaml"}, "steps": 5}]
+    path = tmp_path / "main.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    main = load_recipe(path)
+    assert (main.stages[0].init, main.stages[0].init_recipe) == ("run", str(source))   # relative to the recipe
+    assert [r.path for r in prerequisite_recipes(main)] == [source]
+    (config,) = resolve_recipe(main, device="cpu")
+    assert config["init"] == {"from": "run", "run": config_hash(resolve_recipe(load_recipe(source), device="cpu")[-1]),
+                              "inherit": {"depth_rule": "even", "width_rule": "leading"}}
+    # the source's training is part of this run's identity: another source run, another run here
+    source.write_text(yaml.safe_dump({**BASE, "seed": 7}))
+    assert config_hash(resolve_recipe(load_recipe(path), device="cpu")[0]) != config_hash(config)
+    raw["stages"][0]["init"] = {"train": "main.yaml"}
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(TinyCLIPError, match="its own recipe's run"):
+        load_recipe(path)
+
+
+@pytest.mark.parametrize("init, message", [
+    ({"train": ""}, r"needs a recipe file"),
+    ({"train": "x.yaml", "weights": None}, r"\{model: NAME, weights: FILE\|TAG\} or \{train: RECIPE\}"),
+    ("somewhere", r"or \{train: RECIPE\}, got 'somewhere'"),
+])
+def test_bad_init_mappings_are_one_line_errors(init, message):
+    with pytest.raises(TinyCLIPError, match=message) as info:
+        recipe(stages=[{"name": "a", "student": "TinyCLIP-smoke-S75", "steps": 1, "init": init}])
+    assert "\n" not in str(info.value)

@@ -364,3 +364,55 @@ def test_lit_teacher_is_built_once_on_first_use(env, runs, tmp_path, monkeypatch
     path.write_text(yaml.safe_dump(raw))
     with pytest.raises(TinyCLIPError, match="not 'paper'"):
         load_recipe(path)
+
+
+def test_a_stage_inherits_another_recipes_final_student_while_distilling_from_lit(env, runs, tmp_path, monkeypatch):
+    """``init: {train: RECIPE}`` (claim C5's inherited-LiT arm): the stage starts from manual inheritance of the other
+    recipe's final student, which is trained first (then reused), while it mimics another teacher (a toy LiT)."""
+    from test_lit import toy_towers
+
+    from tinyclip import lit
+    from tinyclip.export import load_open_clip_dir
+    from tinyclip.inherit.manual import inherit_manual
+
+    real_build = lit.build_lit_teacher
+    monkeypatch.setattr(lit, "build_lit_teacher", lambda profile, **kw: real_build(
+        profile, towers=toy_towers(), config=lit.LiTConfig(embed_dim=64, image_size=kw["image_size"]),
+        heads=lit.HeadTrainingConfig(steps=20, batch_size=64, warmup=2, eval_every=10), evaluate=False, **kw))
+    source = write_recipe(tmp_path, env, steps=3, eval={"tasks": []})   # S75 distilled from the smoke teacher
+    # a learning rate of 1e-12: one step leaves the inherited weights as they were (to ~1e-12)
+    path = write_recipe(tmp_path, env, steps=1, lr=1e-12, warmup=0, student="TinyCLIP-smoke-S50",
+                        init={"train": source.name}, teacher_cache=True, eval={"tasks": []})
+    raw = yaml.safe_load(path.read_text())
+    raw["teacher"] = {"lit": {"profile": "smoke", "image_size": 16}}
+    raw["defaults"]["data"] = {"profile": "smoke", "augment": True, "fixed_views": 2}
+    path.write_text(yaml.safe_dump(raw))
+    out = run_recipe(load_recipe(path))[0]
+    src = run_recipe(load_recipe(source))[0]
+    assert src["reused"]                                   # trained first, by the stage that needed it
+    config = json.loads((Path(out["run_dir"]) / "config.json").read_text())["config"]
+    assert config["init"] == {"from": "run", "run": src["run"], "inherit": {"depth_rule": "even", "width_rule": "leading"}}
+    assert config["teacher"]["kind"] == "embeddings" and out["teacher_cache"]["hits"] == 1
+    expected, _ = inherit_manual(load_open_clip_dir(src["model_dir"])[0], "TinyCLIP-smoke-S50")
+    assert max_diff(weights(out), expected.state_dict()) < 1e-6
+    assert run_recipe(load_recipe(path))[0]["reused"]
+
+
+def test_init_from_a_run_is_checked_before_training(env, runs, tmp_path):
+    from tinyclip.recipe import check_inputs
+
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    for this, other in ((a, b), (b, a)):
+        raw = yaml.safe_load(write_recipe(tmp_path, env, steps=1).read_text())
+        raw["stages"][0]["init"] = {"train": other.name}
+        this.write_text(yaml.safe_dump(raw))
+    with pytest.raises(TinyCLIPError, match="leads back to .* \\(a cycle\\)"):
+        check_inputs(load_recipe(a))
+    auto = tmp_path / "auto.yaml"
+    auto.write_text((ROOT / "recipes" / "smoke_auto.yaml").read_text().replace(
+        "smoke_teacher.yaml", str(ROOT / "recipes" / "smoke_teacher.yaml")))
+    raw = yaml.safe_load(a.read_text())
+    raw["stages"][0]["init"] = {"train": str(auto)}
+    a.write_text(yaml.safe_dump(raw))
+    with pytest.raises(TinyCLIPError, match="ends in a pruned \\(auto\\) student"):
+        check_inputs(load_recipe(a))

@@ -17,8 +17,10 @@ student (``init: previous``) while the teacher stays the original one. Example (
       - {name: S50, student: TinyCLIP-smoke-S50, init: previous, steps: 40}
 
 A stage's ``init`` is ``teacher`` (manual inheritance from the teacher, paper §3.2), ``previous`` (from the
-previous stage's student), ``random``, or ``{model: NAME, weights: FILE|TAG}`` (inherit from another model, e.g.
-OpenAI RN50 for the official ResNet students). Its budget is ``steps``, ``samples`` or ``epochs`` (one epoch = as
+previous stage's student), ``random``, ``{model: NAME, weights: FILE|TAG}`` (inherit from another model, e.g.
+OpenAI RN50 for the official ResNet students), or ``{train: RECIPE}`` (inherit from that recipe's final student,
+trained first or reused, and named in the run identity by its run hash: e.g. the mini teacher's weights while
+the stage distils from another teacher, recipes/mini_s50_lit.yaml). Its budget is ``steps``, ``samples`` or ``epochs`` (one epoch = as
 many samples as the training shards hold). :data:`STAGE_DEFAULTS` lists every key.
 
 ``kind: auto`` with an ``auto:`` mapping (:class:`tinyclip.inherit.auto.AutoInheritSpec`) is automatic
@@ -134,6 +136,7 @@ class StageSpec:
     student: str
     kind: str
     init: str                     # "teacher" | "previous" | "random" | "model" (init_model + init_weights)
+    #                               | "run" (init_recipe's final student)
     init_model: str | None
     init_weights: str | None
     inherit: dict[str, str]
@@ -155,6 +158,7 @@ class StageSpec:
     log_every: int
     auto: dict[str, Any] | None = None   # kind "auto": a resolved tinyclip.inherit.auto.AutoInheritSpec
     compile: bool = False                # torch.compile the student + loss on CUDA (tinyclip.train)
+    init_recipe: str | None = None       # init "run": the recipe whose final student this stage inherits from
 
 
 @dataclass(frozen=True)
@@ -295,15 +299,23 @@ def _parse_stage(raw: dict[str, Any], index: int, defaults: dict[str, Any], has_
     if kind not in ("manual", "auto"):
         raise _fail(where, f"kind must be 'manual' or 'auto', got {kind!r}")
     init = merged["init"] or ("teacher" if has_teacher else "random")
-    init_model = init_weights = None
-    if isinstance(init, dict):  # inherit from another model than the teacher (e.g. the official ResNet chain)
+    init_model = init_weights = source_recipe = None
+    if isinstance(init, dict) and set(init) == {"train"}:
+        # inherit from the final student of another recipe, trained first or reused (e.g. a teacher recipe's
+        # trained model while this recipe distils from another teacher)
+        if not isinstance(init["train"], str) or not init["train"]:
+            raise _fail(where, f"init: {{train: RECIPE}} needs a recipe file, got {init['train']!r}")
+        source_recipe = _resolve_path(init["train"], base_dir)
+        init = "run"
+    elif isinstance(init, dict):  # inherit from another model than the teacher (e.g. the official ResNet chain)
         if set(init) - {"model", "weights"} or "model" not in init:
-            raise _fail(where, f"init: a mapping must be {{model: NAME, weights: FILE|TAG}}, got {init!r}")
+            raise _fail(where, f"init: a mapping must be {{model: NAME, weights: FILE|TAG}} or {{train: RECIPE}}, "
+                               f"got {init!r}")
         init_model, init_weights = _parse_model_weights(init, f"{where}: init", base_dir)
         init = "model"
     elif init not in _INIT_CHOICES:
-        raise _fail(where, f"init must be one of {_INIT_CHOICES} or {{model: NAME, weights: FILE|TAG}}, "
-                           f"got {init!r}")
+        raise _fail(where, f"init must be one of {_INIT_CHOICES}, {{model: NAME, weights: FILE|TAG}} or "
+                           f"{{train: RECIPE}}, got {init!r}")
     if init == "previous" and index == 0:
         raise _fail(where, "init: previous needs a previous stage; the first stage inherits from the teacher")
 
@@ -386,7 +398,7 @@ def _parse_stage(raw: dict[str, Any], index: int, defaults: dict[str, Any], has_
 
     return StageSpec(
         name=name, student=student, kind=kind, init=init, init_model=init_model, init_weights=init_weights,
-        inherit=inherit,
+        init_recipe=source_recipe, inherit=inherit,
         loss=_parse_loss(merged["loss"], f"{where}: loss"), data=data, steps=steps, batch=batch, lr=lr,
         warmup_steps=warmup_steps, weight_decay=weight_decay, betas=betas, eps=eps, grad_clip=grad_clip,
         precision=precision, logit_scale=logit, eval=evaluation, teacher_cache=bool(merged["teacher_cache"]),
@@ -420,6 +432,8 @@ def parse_recipe(raw: dict[str, Any], path: Path | None = None, seed: int | None
     if not isinstance(stages_raw, list) or not stages_raw:
         raise _fail(where, "stages: give a non-empty list of stages")
     stages = tuple(_parse_stage(s, i, defaults, teacher.kind != "none", base_dir) for i, s in enumerate(stages_raw))
+    if path is not None and any(s.init_recipe == str(path) for s in stages):
+        raise _fail(where, "a stage cannot inherit from its own recipe's run (init: {train: ...} names this file)")
     names = [s.name for s in stages]
     if len(set(names)) != len(names):
         raise _fail(where, f"stage names must be unique, got {names}")
@@ -494,6 +508,24 @@ def teacher_recipe(recipe: Recipe) -> Recipe:
     return sub
 
 
+def inherited_recipe(stage: StageSpec) -> Recipe:
+    """The recipe whose final student an ``init: {train: RECIPE}`` stage inherits from."""
+    if stage.init != "run":
+        raise TinyCLIPError(f"stage {stage.name!r} does not inherit from another recipe's run")
+    return load_recipe(stage.init_recipe)
+
+
+def prerequisite_recipes(recipe: Recipe) -> list[Recipe]:
+    """The other recipes whose runs this one needs before it can train: the recipe that trains its teacher and
+    those whose final students its stages inherit from (each listed once, in that order)."""
+    out = [teacher_recipe(recipe)] if recipe.teacher.kind == "train" else []
+    out += [inherited_recipe(s) for s in recipe.stages if s.init == "run"]
+    unique: dict[Path | None, Recipe] = {}
+    for sub in out:
+        unique.setdefault(sub.path, sub)
+    return list(unique.values())
+
+
 def teacher_identity(recipe: Recipe, *, device: str, world_size: int) -> dict[str, Any]:
     """What the teacher *is*, for the students' run identity: a run hash, a weights digest, or a cache id."""
     spec = recipe.teacher
@@ -566,6 +598,9 @@ def resolve_stage(recipe: Recipe, index: int, *, teacher: dict[str, Any], previo
         init = {"from": "previous", "run": previous, "inherit": stage.inherit}
     elif stage.init == "model":
         init = {"from": "model", **model_identity(stage.init_model, stage.init_weights), "inherit": stage.inherit}
+    elif stage.init == "run":  # another recipe's final student, by its run hash (as a trained teacher is)
+        source = resolve_recipe(inherited_recipe(stage), device=device, world_size=world_size)[-1]
+        init = {"from": "run", "run": config_hash(source), "inherit": stage.inherit}
     else:
         init = {"from": "random"}
     return {
@@ -667,6 +702,15 @@ def check_inputs(recipe: Recipe, _seen: tuple[Path, ...] = ()) -> None:
         source = {"teacher": teacher_cfg, "previous": previous_cfg}.get(stage.init)
         if stage.init == "model":
             source = _check_model_weights(stage.init_model, stage.init_weights, f"{where}: init")
+        if stage.init == "run":
+            sub = inherited_recipe(stage)
+            if sub.path in _seen + (recipe.path,):
+                raise TinyCLIPError(f"{where}: init recipe {sub.path} leads back to {recipe.path} (a cycle)")
+            if sub.stages[-1].kind != "manual":
+                raise TinyCLIPError(f"{where}: init recipe {sub.path} ends in a pruned (auto) student, which manual "
+                                    "inheritance cannot read; name a recipe whose last stage is manual")
+            check_inputs(sub, _seen + (recipe.path,))
+            source = model_cfg_of(sub.stages[-1].student)
         if stage.kind == "manual" and source is not None:
             from .inherit.manual import check_inheritable
 

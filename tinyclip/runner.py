@@ -2,8 +2,8 @@
 
 :func:`run_recipe` resolves a recipe into one run folder per stage, reuses finished runs, trains the teacher a
 recipe needs first (``teacher: {train: ...}``) and builds a LiT teacher on first use, then gives each stage its
-student (inherited from the teacher, the previous stage or another model, or random), its data source, its
-teacher (the model, or the teacher-embedding cache) and its evaluator.
+student (inherited from the teacher, the previous stage, another model or another recipe's final student, or
+random), its data source, its teacher (the model, or the teacher-embedding cache) and its evaluator.
 """
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ from torch import nn
 from .errors import TinyCLIPError, one_line
 from .inherit.auto import MaskedCLIP
 from .pruned import PrunedCLIP, param_counts, to_pruned
-from .recipe import Recipe, StageSpec, check_inputs, lit_cache_dir, resolve_device, resolve_recipe, teacher_recipe
+from .recipe import (Recipe, StageSpec, check_inputs, inherited_recipe, lit_cache_dir, prerequisite_recipes,
+                     resolve_device, resolve_recipe, teacher_recipe)
 from .runs import Run, config_hash, runs_root
 from .train import Teacher, World, _quiet, init_world, train_stage
 
@@ -126,8 +127,8 @@ def run_recipe(recipe: Recipe, *, resume: bool = False, force: bool = False, sta
                 run.start(recipe.seed, run_device)
             world.barrier()
 
-            # the student (paper §3.2): inherited from the teacher, the previous stage's student or another
-            # model (init: {model, weights}), or random
+            # the student (paper §3.2): inherited from the teacher, the previous stage's student, another
+            # model (init: {model, weights}) or another recipe's final student (init: {train}), or random
             # each rank its own stream, seed + rank (as the official code): the masks' gate samples differ per
             # rank like its batch rows; DDP copies rank 0's initial weights to every rank when it wraps them
             torch.manual_seed(recipe.seed + world.rank)
@@ -139,7 +140,10 @@ def run_recipe(recipe: Recipe, *, resume: bool = False, force: bool = False, sta
                 source = {"teacher": lambda: teacher_model,
                           "previous": lambda: (load_pruned(runs[index - 1].model_dir) if previous_auto
                                                else load_open_clip_dir(runs[index - 1].model_dir)[0]),
-                          "model": lambda: load_model(spec.init_model, spec.init_weights)}[spec.init]()
+                          "model": lambda: load_model(spec.init_model, spec.init_weights),
+                          "run": lambda: load_open_clip_dir(
+                              run_recipe(inherited_recipe(spec), resume=resume, world=world)[-1]["model_dir"])[0],
+                          }[spec.init]()
                 if spec.kind == "manual":
                     student, _ = inherit_manual(source, spec.student, inherit)  # same size: an exact copy
             if spec.kind == "auto":  # the masks start on the source itself (a copy: the teacher stays intact)
@@ -168,10 +172,11 @@ def run_recipe(recipe: Recipe, *, resume: bool = False, force: bool = False, sta
 
 
 def build_lit_teachers(recipe: Recipe, world: World) -> None:
-    """Build the LiT teacher (:mod:`tinyclip.lit`) of this recipe, or of the recipe that trains its teacher, when
-    its embedding cache is missing: the run identities name the cache, so it must exist before they resolve."""
-    if recipe.teacher.kind == "train":
-        build_lit_teachers(teacher_recipe(recipe), world)
+    """Build the LiT teacher (:mod:`tinyclip.lit`) of this recipe, or of the recipes it needs first (the one that
+    trains its teacher, those its stages inherit from), when its embedding cache is missing: the run identities
+    name the cache, so it must exist before they resolve."""
+    for sub in prerequisite_recipes(recipe):
+        build_lit_teachers(sub, world)
     if recipe.teacher.kind != "lit":
         return
     path = lit_cache_dir(recipe)

@@ -23,7 +23,8 @@ The package, one concern per module (every public name is re-exported here, so `
 * :mod:`~tinyclip.lit.features`: the frozen-tower feature cache and the training samples it is computed on;
 * :mod:`~tinyclip.lit.heads`: the head-training loss, loop, hold-out split and held-out metrics;
 * :mod:`~tinyclip.lit.embeddings`: exported teacher embeddings and the trainer's teacher-embedding cache;
-* :mod:`~tinyclip.lit.build`: the idempotent build of a profile's teacher, its output folder and its evaluation.
+* :mod:`~tinyclip.lit.build`: the idempotent build of a profile's teacher, its output folder and its evaluation
+  (also per evaluation item, so the studies can score it beside the students).
 
 Choices and departures (none of this is in the TinyCLIP paper or its official code):
 
@@ -40,8 +41,8 @@ Choices and departures (none of this is in the TinyCLIP paper or its official co
 """
 from __future__ import annotations
 
-from .build import (EMBEDDINGS_FILE, FEATURES_FILE, HEADS_FILE, build_lit_teacher, default_out_dir,
-                    evaluate_teacher)
+from .build import (EMBEDDINGS_FILE, FEATURES_FILE, HEADS_FILE, ITEMS_FILE, build_lit_teacher, default_out_dir,
+                    evaluate_teacher, teacher_eval_items)
 from .embeddings import TeacherEmbeddings, export_teacher_embeddings, fill_teacher_cache, make_teacher_cache
 from .features import FeatureCache, Sample, cache_features, encode_texts, keep_fraction, training_samples
 from .heads import (HeadTrainingConfig, heldout_metrics, holdout_split, lit_contrastive_loss, mixture_weights,
@@ -66,5 +67,6 @@ __all__ = [
     # embeddings
     "TeacherEmbeddings", "export_teacher_embeddings", "fill_teacher_cache", "make_teacher_cache",
     # build
-    "EMBEDDINGS_FILE", "FEATURES_FILE", "HEADS_FILE", "build_lit_teacher", "default_out_dir", "evaluate_teacher",
+    "EMBEDDINGS_FILE", "FEATURES_FILE", "HEADS_FILE", "ITEMS_FILE", "build_lit_teacher", "default_out_dir",
+    "evaluate_teacher", "teacher_eval_items",
 ]

@@ -26,6 +26,12 @@ from .towers import DEFAULT_IMAGE_SIZE, MemoizedTower, Towers, load_pretrained_t
 FEATURES_FILE = "features.safetensors"
 HEADS_FILE = "heads.safetensors"
 EMBEDDINGS_FILE = "teacher_embeddings.safetensors"
+ITEMS_FILE = "eval_items.json"   # per-item outcomes on the students' evaluation sets (teacher_eval_items)
+
+# Head-training steps per profile when the caller gives no HeadTrainingConfig. The smoke data set (≈ 800
+# samples) is a code-path check whose held-out loss bottomed out near step 150 of the default 1,000 (which cost
+# over 3 minutes on the shared 2-core machine, a smoke notebook's whole budget), so it stops at 200.
+PROFILE_HEAD_STEPS = {"smoke": 200}
 
 
 def default_out_dir(profile: str, image_size: int, data_root: str | Path | None = None) -> Path:
@@ -61,7 +67,8 @@ def build_lit_teacher(profile: str = "mini", data_root: str | Path | None = None
     1. frozen-tower features of every training sample (``features.safetensors``; ``source_fraction``
        caches a hash-chosen subset of a source);
     2. projection heads trained on them (``heads.safetensors``, log in ``heads.json``);
-    3. the students' evaluation (``eval.json``; tower outputs memoised in ``eval_memo_*.safetensors``);
+    3. the students' evaluation (``eval.json``, per-item outcomes in ``eval_items.json``; tower outputs memoised
+       in ``eval_memo_*.safetensors``);
     4. the exported embeddings per training sample id (``teacher_embeddings.safetensors``; see
        :func:`export_teacher_embeddings`);
     5. with ``teacher_cache_views = K > 0``: the trainer's teacher-embedding cache for a loader with K fixed
@@ -93,7 +100,8 @@ def _build_lit_teacher(profile, data_root, out_dir, image_size, seed, towers, co
     config = config or LiTConfig(image_size=image_size)
     if config.image_size != image_size:
         raise TinyCLIPError(f"image_size {image_size} disagrees with config.image_size {config.image_size}")
-    heads = heads or HeadTrainingConfig(seed=seed)
+    heads = heads or HeadTrainingConfig(seed=seed, **({"steps": PROFILE_HEAD_STEPS[profile]}
+                                                      if profile in PROFILE_HEAD_STEPS else {}))
     source_fraction = dict(source_fraction or {})
     towers = towers or load_pretrained_towers()
     timings: dict[str, float] = {}
@@ -133,7 +141,8 @@ def _build_lit_teacher(profile, data_root, out_dir, image_size, seed, towers, co
         timings["heads"] = head_log["seconds"]
     heads_digest = file_digest(heads_path)
 
-    # 3. evaluation (the students' metrics), with the towers memoised across rebuilds of the heads
+    # 3. evaluation (the students' metrics and per-item outcomes), with the towers memoised across rebuilds of
+    # the heads
     eval_path = out / "eval.json"
     results = None
     if evaluate:
@@ -143,23 +152,10 @@ def _build_lit_teacher(profile, data_root, out_dir, image_size, seed, towers, co
             results = previous["results"]
         else:
             t0 = time.perf_counter()
-            memo_paths = {"image": out / "eval_memo_image.safetensors", "text": out / "eval_memo_text.safetensors"}
-            memo_image, memo_text = MemoizedTower(teacher.image_tower), MemoizedTower(teacher.text_tower)
-            memo_id = {"data_fingerprint": fingerprint, "image_size": image_size, "towers": towers.name}
-            memo_meta = out / "eval_memo.json"
-            if memo_meta.is_file() and json.loads(memo_meta.read_text()) == memo_id:
-                for memo, p in ((memo_image, memo_paths["image"]), (memo_text, memo_paths["text"])):
-                    if p.is_file():
-                        memo.load(p)
-            teacher.image_tower, teacher.text_tower = memo_image, memo_text
-            try:
-                results = evaluate_teacher(teacher, data_dir / "eval", max_items=eval_max_items)
-            finally:
-                teacher.image_tower, teacher.text_tower = memo_image.tower, memo_text.tower
-            memo_image.save(memo_paths["image"])
-            memo_text.save(memo_paths["text"])
-            atomic_write_json(memo_meta, memo_id)
+            items: dict[str, dict[str, list[int]]] = {}
+            results = _evaluate_memoized(teacher, out, data_dir, fingerprint, max_items=eval_max_items, items=items)
             atomic_write_json(eval_path, {"identity": eval_id, "results": results})
+            _write_items(out, eval_id, items, teacher)
             timings["eval"] = round(time.perf_counter() - t0, 1)
 
     # 4. the embeddings the trainer mimics
@@ -204,9 +200,76 @@ def _build_lit_teacher(profile, data_root, out_dir, image_size, seed, towers, co
     return summary
 
 
+def _evaluate_memoized(teacher: LiTTeacher, out: Path, data_dir: Path, fingerprint: str, *,
+                       max_items: int | None = None, items: dict | None = None) -> dict[str, dict[str, float]]:
+    """:func:`evaluate_teacher` with each tower's outputs memoised in ``out`` (``eval_memo_*``): heads rebuilt on
+    the same towers and data, or a second pass for per-item outcomes, run no tower again."""
+    from ..runs import atomic_write_json
+
+    memo_paths = {"image": out / "eval_memo_image.safetensors", "text": out / "eval_memo_text.safetensors"}
+    memo_image, memo_text = MemoizedTower(teacher.image_tower), MemoizedTower(teacher.text_tower)
+    memo_id = {"data_fingerprint": fingerprint, "image_size": teacher.config.image_size,
+               "towers": teacher.towers_name}
+    memo_meta = out / "eval_memo.json"
+    if memo_meta.is_file() and json.loads(memo_meta.read_text()) == memo_id:
+        for memo, p in ((memo_image, memo_paths["image"]), (memo_text, memo_paths["text"])):
+            if p.is_file():
+                memo.load(p)
+    teacher.image_tower, teacher.text_tower = memo_image, memo_text
+    try:
+        results = evaluate_teacher(teacher, data_dir / "eval", max_items=max_items, items=items)
+    finally:
+        teacher.image_tower, teacher.text_tower = memo_image.tower, memo_text.tower
+    memo_image.save(memo_paths["image"])
+    memo_text.save(memo_paths["text"])
+    atomic_write_json(memo_meta, memo_id)
+    return results
+
+
+def _write_items(out: Path, identity: dict[str, Any], items: dict, teacher: LiTTeacher) -> dict[str, Any]:
+    from ..runs import atomic_write_json
+
+    stored = {"identity": identity, "items": items,
+              "params": {"total": sum(p.numel() for p in teacher.parameters())}}
+    atomic_write_json(out / ITEMS_FILE, stored)
+    return stored
+
+
+def teacher_eval_items(profile: str = "mini", image_size: int = DEFAULT_IMAGE_SIZE, *,
+                       data_root: str | Path | None = None, out_dir: str | Path | None = None,
+                       towers: Towers | None = None) -> dict[str, Any]:
+    """The built LiT teacher's per-item outcomes on the students' evaluation sets (the format of a run's
+    ``eval_items.json``, so the studies score it like a student) and its parameter count:
+    ``{"identity", "items", "params": {"total"}}``, kept in ``eval_items.json`` of its build folder. Builds before
+    the build step kept them are evaluated once more through the tower memo (no tower forward for inputs seen)."""
+    from ..data.profiles import profile_dir
+    from ..runs import file_digest
+
+    out = Path(out_dir) if out_dir is not None else default_out_dir(profile, image_size, data_root)
+    heads_path = out / HEADS_FILE
+    if not heads_path.is_file():
+        raise TinyCLIPError(f"no LiT teacher built at {out}; train a recipe with teacher: {{lit: {profile}}} first")
+    data_dir = profile_dir(profile, data_root)
+    fingerprint = _data_fingerprint(data_dir)
+    identity = {"heads": file_digest(heads_path), "max_items": None, "data_fingerprint": fingerprint}
+    path = out / ITEMS_FILE
+    if path.is_file():
+        stored = json.loads(path.read_text())
+        if stored.get("identity") == identity:
+            return stored
+    teacher = load_lit_teacher(heads_path, towers)
+    if teacher.config.image_size != image_size:
+        raise TinyCLIPError(f"the LiT teacher at {out} was built at {teacher.config.image_size} px, not {image_size}")
+    items: dict[str, dict[str, list[int]]] = {}
+    _evaluate_memoized(teacher, out, data_dir, fingerprint, items=items)
+    return _write_items(out, identity, items, teacher)
+
+
 def evaluate_teacher(teacher: LiTTeacher, eval_root: str | Path, tasks: Sequence[str] = ("fmnist", "tux", "openmoji"),
-                     batch_size: int = 256, max_items: int | None = None) -> dict[str, dict[str, float]]:
-    """The students' metrics (:func:`tinyclip.eval.evaluate_model`, clip-benchmark) for the LiT teacher."""
+                     batch_size: int = 256, max_items: int | None = None,
+                     items: dict | None = None) -> dict[str, dict[str, float]]:
+    """The students' metrics (:func:`tinyclip.eval.evaluate_model`, clip-benchmark) for the LiT teacher; ``items``,
+    when given, is filled with the per-item outcomes as a student's evaluation fills them."""
     from ..eval import evaluate_model
     return evaluate_model(teacher, teacher.preprocess, teacher.tokenizer, eval_root, tasks=tasks,
-                          batch_size=batch_size, max_items=max_items)
+                          batch_size=batch_size, max_items=max_items, items=items)

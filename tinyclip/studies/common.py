@@ -25,7 +25,7 @@ import numpy as np
 import yaml
 
 from ..errors import TinyCLIPError
-from ..recipe import _merge, load_recipe, resolve_device, resolve_recipe, teacher_recipe
+from ..recipe import _merge, load_recipe, prerequisite_recipes, resolve_device, resolve_recipe, teacher_recipe
 from ..runs import Run, atomic_write_json, atomic_write_text, project_root, runs_root
 
 RECIPES_DIR = project_root() / "recipes"
@@ -42,7 +42,8 @@ METRICS = {
 @dataclass(frozen=True)
 class Arm:
     """One arm of a study: ``recipe`` (a file under recipes/) with ``overrides`` per stage name (``"*"``: every
-    stage), scored on the student of ``stage``. ``steps_scale`` multiplies every stage's budget (and mask phase)."""
+    stage), scored on the student of ``stage``. ``steps_scale`` multiplies every stage's budget (and mask phase);
+    ``teacher``, when given, replaces the recipe's teacher mapping (e.g. ``{train: OTHER_TEACHER_RECIPE}``)."""
 
     key: str
     label: str
@@ -50,6 +51,7 @@ class Arm:
     stage: str
     overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     steps_scale: float = 1.0
+    teacher: Mapping[str, Any] | None = None
 
 
 def recipe_path(profile: str, name: str) -> Path:
@@ -59,19 +61,28 @@ def recipe_path(profile: str, name: str) -> Path:
     return path
 
 
+def _absolute_train(mapping: Any, base_dir: Path) -> None:
+    """A ``{train: RECIPE}`` mapping (a teacher, a stage's init) with its recipe path made absolute, in place:
+    the materialised recipe lives in another folder than the one the relative path was written for."""
+    if isinstance(mapping, dict) and isinstance(mapping.get("train"), str):
+        mapping["train"] = str((base_dir / mapping["train"]).resolve())
+
+
 def materialize(arm: Arm) -> Path:
     """The arm as a recipe file: the base recipe with its overrides applied (the base file itself when there are
-    none). Relative paths inside the base (its teacher recipe) are made absolute."""
+    none). Relative paths inside the base (its teacher recipe, a stage's init recipe) are made absolute."""
     base = Path(arm.recipe)
-    if not arm.overrides and arm.steps_scale == 1.0:
+    if not arm.overrides and arm.steps_scale == 1.0 and arm.teacher is None:
         return base
     raw = yaml.safe_load(base.read_text())
-    teacher = raw.get("teacher")
-    if isinstance(teacher, dict) and isinstance(teacher.get("train"), str):
-        teacher["train"] = str((base.parent / teacher["train"]).resolve())
+    if arm.teacher is not None:
+        raw["teacher"] = copy.deepcopy(dict(arm.teacher))
+    _absolute_train(raw.get("teacher"), base.parent)
     defaults = raw.get("defaults") or {}
+    _absolute_train(defaults.get("init"), base.parent)
     stages = []
     for stage in raw["stages"]:
+        _absolute_train(stage.get("init"), base.parent)
         merged = _merge(_merge(stage, arm.overrides.get("*", {})), arm.overrides.get(stage["name"], {}))
         if arm.steps_scale != 1.0:
             steps = merged.get("steps", defaults.get("steps"))
@@ -99,14 +110,13 @@ def _status(message: str) -> None:
 
 def train_arms(arms: Sequence[Arm], seeds: Sequence[int], *, parallel: int = 2, threads: int | None = None) -> None:
     """Train every arm on every seed (finished runs are reused, interrupted ones resumed): the teachers the arms
-    share first, alone with every core, then the arms side by side, ``parallel`` processes of ``threads`` torch
-    threads. Fails in one line naming the first recipe that failed."""
+    share (and the runs their stages inherit from) first, alone with every core, then the arms side by side,
+    ``parallel`` processes of ``threads`` torch threads. Fails in one line naming the first recipe that failed."""
     from ..jobs import run_many
 
     paths = [materialize(a) for a in arms]
     unique = list(dict.fromkeys(str(p) for p in paths))
-    teachers = sorted({str(teacher_recipe(load_recipe(p)).path) for p in unique
-                       if load_recipe(p).teacher.kind == "train"})
+    teachers = sorted({str(sub.path) for p in unique for sub in prerequisite_recipes(load_recipe(p))})
     for path in teachers:
         done = run_many([path], parallel=1, resume=True, threads=os.cpu_count() or 1)[0]
         if done["returncode"] != 0:
@@ -277,8 +287,6 @@ def score_rows(arms: Sequence[Arm], seeds: Sequence[int], metrics: Sequence[str]
                teacher: Arm | None = None) -> list[dict[str, Any]]:
     """One row per arm (and its teacher first, when given): size, seeds finished, and each metric's mean over
     seeds and items (%) with its 95 % bootstrap interval, plus the per-seed values."""
-    from ..stats import mean_interval
-
     rows = []
     entries: list[tuple[str, str, dict[int, dict]]] = []
     if teacher is not None:
@@ -292,13 +300,24 @@ def score_rows(arms: Sequence[Arm], seeds: Sequence[int], metrics: Sequence[str]
             rows.append({"arm": key, "label": label, "seeds": 0})
             continue
         first = next(iter(runs.values()))
-        row = {"arm": key, "label": label, "seeds": len(runs), "params_m": first["params"]["total"] / 1e6,
-               "train_min": float(np.mean([r.get("train_s", 0.0) for r in runs.values()])) / 60}
-        for metric in metrics:
-            outcomes = {s: item_scores(run_items(r), metric) for s, r in runs.items()}
-            mean, low, high = mean_interval(outcomes, scale=100.0)
-            row[metric] = mean
-            row[f"{metric}_ci"] = (low, high)
-            row[f"{metric}_per_seed"] = {s: 100 * float(v.mean()) for s, v in outcomes.items()}
-        rows.append(row)
+        rows.append(items_row(key, label, {s: run_items(r) for s, r in runs.items()}, metrics,
+                              params_m=first["params"]["total"] / 1e6,
+                              train_min=float(np.mean([r.get("train_s", 0.0) for r in runs.values()])) / 60))
     return rows
+
+
+def items_row(key: str, label: str, items: Mapping[int, Mapping[str, Any]], metrics: Sequence[str], *,
+              params_m: float | None = None, train_min: float | None = None) -> dict[str, Any]:
+    """A :func:`score_rows` row from per-item outcomes (seed → ``eval_items.json`` content; also for a model that
+    is no run of this project's trainer, the LiT teacher): each metric's mean (%) with its 95 % interval."""
+    from ..stats import mean_interval
+
+    row: dict[str, Any] = {"arm": key, "label": label, "seeds": len(items), "params_m": params_m,
+                           "train_min": train_min}
+    for metric in metrics:
+        outcomes = {s: item_scores(i, metric) for s, i in items.items()}
+        mean, low, high = mean_interval(outcomes, scale=100.0)
+        row[metric] = mean
+        row[f"{metric}_ci"] = (low, high)
+        row[f"{metric}_per_seed"] = {s: 100 * float(v.mean()) for s, v in outcomes.items()}
+    return row

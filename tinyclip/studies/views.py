@@ -287,6 +287,50 @@ def allocation_figure(arch: Mapping[int, Mapping[str, Any]], title: str = ""):
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("kept (%)")
     axes[1].legend(fontsize=7, ncol=2)
+def two_way_table(rows: Sequence[Mapping[str, Any]], layout: Mapping[str, tuple[str, str]], metric: str = "fmnist"
+                  ) -> pd.DataFrame:
+    """A factorial design's cells: ``layout`` maps an arm key to its (row level, column level); each cell is the
+    arm's mean [95 % interval] on ``metric`` ("–" until it has finished)."""
+    by_key = {r["arm"]: r for r in rows}
+    row_levels = list(dict.fromkeys(r for r, _ in layout.values()))
+    col_levels = list(dict.fromkeys(c for _, c in layout.values()))
+    cells = {level: {c: DASH for c in col_levels} for level in row_levels}
+    for key, (r, c) in layout.items():
+        row = by_key.get(key, {})
+        cells[r][c] = with_interval(row.get(metric), row.get(f"{metric}_ci"))
+    frame = pd.DataFrame.from_dict(cells, orient="index")[col_levels]
+    frame.index.name = SHORT[metric]
+    return frame
+
+
+def interaction_figure(rows: Sequence[Mapping[str, Any]], layout: Mapping[str, tuple[str, str]],
+                       metrics: Sequence[str] = ("fmnist", "retrieval"), title: str = ""):
+    """A two-factor interaction plot: the row levels of ``layout`` along x, one line per column level, each point
+    the arm's mean with its 95 % interval; parallel lines mean no interaction. One panel (own axis) per metric."""
+    import matplotlib.pyplot as plt
+
+    by_key = {r["arm"]: r for r in rows if r.get("seeds")}
+    row_levels = list(dict.fromkeys(r for r, _ in layout.values()))
+    col_levels = list(dict.fromkeys(c for _, c in layout.values()))
+    if not by_key:
+        return None
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics), 3.4))
+    axes = [axes] if len(metrics) == 1 else list(axes)
+    for ax, metric in zip(axes, metrics):
+        for i, level in enumerate(col_levels):
+            points = [(x, by_key[k]) for x, r in enumerate(row_levels) for k, (rr, c) in layout.items()
+                      if rr == r and c == level and k in by_key]
+            if not points:
+                continue
+            xs = [x + 0.04 * (i - (len(col_levels) - 1) / 2) for x, _ in points]  # side by side, not on top
+            means = [p[metric] for _, p in points]
+            err = [[p[metric] - p[f"{metric}_ci"][0] for _, p in points],
+                   [p[f"{metric}_ci"][1] - p[metric] for _, p in points]]
+            ax.errorbar(xs, means, yerr=err, marker="o", capsize=3, label=level)
+        ax.set_xticks(range(len(row_levels)), row_levels)
+        ax.set_ylabel(SHORT[metric])
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
