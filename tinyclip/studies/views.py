@@ -172,3 +172,50 @@ def speed_figure(rows: Sequence[Mapping[str, Any]], device: str = "cpu"):
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     return fig
+
+
+def allocation_table(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """Per final student and tower: what it keeps of the teacher (:func:`tinyclip.studies.common.allocation_columns`
+    rows with ``{tower}_share``), one line per (student, tower)."""
+    out = [{"Student": r["label"], "Tower": tower, "Share of the teacher's tower (%)": _num(100 * r[f"{tower}_share"]),
+            "Hidden": r[f"{tower}_hidden"], "Heads": r[f"{tower}_heads"], "FFN neurons": r[f"{tower}_ffn"],
+            "Sub-layers dropped": str(r[f"{tower}_sublayers_dropped"]), "Params (M)": _num(r[f"{tower}_params_m"], 2)}
+           for r in rows for tower in ("vision", "text")]
+    return pd.DataFrame(out).set_index(["Student", "Tower"]) if out else pd.DataFrame()
+
+
+def allocation_figure(archs: Mapping[str, Sequence[Mapping[str, Any]]], labels: Mapping[str, str] | None = None,
+                      title: str = ""):
+    """Per layer of each tower, the share of the teacher's attention heads (dashed) and FFN neurons (solid) a
+    student keeps, averaged over its runs (:func:`tinyclip.pruned.pruned_architecture` data); one colour per
+    student, the kept hidden width in the legend."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    archs = {k: v for k, v in archs.items() if v}
+    if not archs:
+        return None
+    labels = labels or {}
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), sharey=True)
+    for ax, tower in zip(axes, ("vision", "text")):
+        for i, (key, entries) in enumerate(archs.items()):
+            colour = f"C{i}"
+            layers = [e[tower]["layers"] for e in entries]
+            heads = np.mean([[l["heads"] / l["heads_original"] for l in ls] for ls in layers], axis=0)
+            mlp = np.mean([[l["mlp"] / l["mlp_original"] for l in ls] for ls in layers], axis=0)
+            hidden = np.mean([e[tower]["hidden"] / e[tower]["hidden_original"] for e in entries])
+            x = np.arange(len(heads))
+            ax.plot(x, mlp, "-o", color=colour, ms=4,
+                    label=f"{labels.get(key, key)} (hidden {100 * hidden:.0f} %, n={len(entries)})")
+            ax.plot(x, heads, "--s", color=colour, ms=3, alpha=0.8)
+        ax.set_xticks(x)
+        ax.set_xlabel(f"{tower} layer")
+        ax.set_ylim(-0.05, 1.05)
+        ax.grid(alpha=0.3)
+        ax.set_title(f"{tower} tower: FFN neurons (solid), heads (dashed)", fontsize=9)
+    axes[0].set_ylabel("share of the teacher's layer kept")
+    axes[1].legend(fontsize=8, loc="best")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
