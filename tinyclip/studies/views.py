@@ -176,8 +176,9 @@ def speed_figure(rows: Sequence[Mapping[str, Any]], device: str = "cpu"):
 
 def allocation_table(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     """Per final student and tower: what it keeps of the teacher (:func:`tinyclip.studies.common.allocation_columns`
-    rows with ``{tower}_share``), one line per (student, tower)."""
-    out = [{"Student": r["label"], "Tower": tower, "Share of the teacher's tower (%)": _num(100 * r[f"{tower}_share"]),
+    rows with ``sparsity`` and ``{tower}_share``), one line per (student, tower)."""
+    out = [{"Student": r["label"], "Tower": tower, "Student size (% of teacher)": _num(100 * (1 - r["sparsity"])),
+            "Share of the teacher's tower (%)": _num(100 * r[f"{tower}_share"]),
             "Hidden": r[f"{tower}_hidden"], "Heads": r[f"{tower}_heads"], "FFN neurons": r[f"{tower}_ffn"],
             "Sub-layers dropped": str(r[f"{tower}_sublayers_dropped"]), "Params (M)": _num(r[f"{tower}_params_m"], 2)}
            for r in rows for tower in ("vision", "text")]
@@ -188,7 +189,7 @@ def allocation_figure(archs: Mapping[str, Sequence[Mapping[str, Any]]], labels: 
                       title: str = ""):
     """Per layer of each tower, the share of the teacher's attention heads (dashed) and FFN neurons (solid) a
     student keeps, averaged over its runs (:func:`tinyclip.pruned.pruned_architecture` data); one colour per
-    student, the kept hidden width in the legend."""
+    student, the tower's kept hidden width in its legend."""
     import matplotlib.pyplot as plt
     import numpy as np
 
@@ -196,7 +197,7 @@ def allocation_figure(archs: Mapping[str, Sequence[Mapping[str, Any]]], labels: 
     if not archs:
         return None
     labels = labels or {}
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.4 + 0.25 * len(archs)), sharey=True)
     for ax, tower in zip(axes, ("vision", "text")):
         for i, (key, entries) in enumerate(archs.items()):
             colour = f"C{i}"
@@ -205,16 +206,17 @@ def allocation_figure(archs: Mapping[str, Sequence[Mapping[str, Any]]], labels: 
             mlp = np.mean([[l["mlp"] / l["mlp_original"] for l in ls] for ls in layers], axis=0)
             hidden = np.mean([e[tower]["hidden"] / e[tower]["hidden_original"] for e in entries])
             x = np.arange(len(heads))
-            ax.plot(x, mlp, "-o", color=colour, ms=4,
-                    label=f"{labels.get(key, key)} (hidden {100 * hidden:.0f} %, n={len(entries)})")
+            runs = f", {len(entries)} runs" if len(entries) > 1 else ""
+            ax.plot(x, mlp, "-o", color=colour, ms=4, label=f"{labels.get(key, key)} (hidden {100 * hidden:.0f} %{runs})")
             ax.plot(x, heads, "--s", color=colour, ms=3, alpha=0.8)
         ax.set_xticks(x)
         ax.set_xlabel(f"{tower} layer")
         ax.set_ylim(-0.05, 1.05)
         ax.grid(alpha=0.3)
         ax.set_title(f"{tower} tower: FFN neurons (solid), heads (dashed)", fontsize=9)
+        # per panel (the kept hidden width differs between the towers), below the axes (no line hidden)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2))
     axes[0].set_ylabel("share of the teacher's layer kept")
-    axes[1].legend(fontsize=8, loc="best")
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
