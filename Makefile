@@ -7,12 +7,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PROFILE ?= mini
 STAMP := $(VENV)/.installed
-NOTEBOOKS := table2 ablation_affinity ablation_inheritance redundancy teacher_choice
+NOTEBOOKS := table2 ablation_affinity ablation_inheritance redundancy teacher_choice multistage
 
 .DEFAULT_GOAL := help
 .PHONY: help env browser test test-gpu models data data-card smoke smoke-auto check-resume check-faults report readme-claims \
 	reproduce-all reproduce-table2 reproduce-ablation_affinity reproduce-ablation_inheritance \
-	reproduce-redundancy reproduce-teacher_choice lab
+	reproduce-redundancy reproduce-teacher_choice reproduce-multistage lab
 
 # help: `## text` after a target is its line in `make help` (wall times measured on the 2-core CPU, mini profile)
 help:
@@ -74,6 +74,10 @@ reproduce-redundancy: env ## C4: layer similarity, depth vs width removal on the
 reproduce-teacher_choice: env ## C5: S50 inherited/random x mimicking the mini/LiT teacher, 3 seeds; shares C1's runs
 	$(PY) -m tinyclip data build --profile $(PROFILE)
 	$(PY) -m tinyclip report teacher_choice --profile $(PROFILE)
+
+reproduce-multistage: env ## C6: chain to 25 % vs one stage, manual and auto x 3 seeds; shares Table 2 runs
+	$(PY) -m tinyclip data build --profile $(PROFILE)
+	$(PY) -m tinyclip report multistage --profile $(PROFILE)
 
 # Every notebook in turn; a failing one is marked failed in the index, the others still run, make exits non-zero.
 reproduce-all: env ## every notebook (runs shared between notebooks are trained once)

@@ -34,6 +34,7 @@ def roots(tmp_path_factory):
 @pytest.mark.parametrize("name, params, claim_ids", [
     ("ablation_affinity", SMOKE, ["C1"]),
     ("ablation_inheritance", {**SMOKE, "mask_fractions": [0.25, 0.4]}, ["C2", "C3"]),
+    ("multistage", SMOKE, ["C6"]),
     ("table2", {"seeds": [0, 1], "measure_throughput": False}, ["C8", "C9"]),
     ("redundancy", {"seeds": [0, 1], "random_seeds": [0, 1], "cka_items": 128}, ["C4"]),
     ("teacher_choice", SMOKE, ["C5"]),

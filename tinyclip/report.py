@@ -47,7 +47,8 @@ NOTEBOOKS = {
                             "one size and budget, three mask-phase lengths (C2, C3)",
     "redundancy": "Redundancy analysis: layer similarity, depth and width removal, learned allocation (C4)",
     "teacher_choice": "Teacher choice: a similar teacher against a stronger dissimilar one (C5)",
-    "multistage": "Single-stage against multi-stage compression to 25 % (C6)",
+    "multistage": "Multi-stage against single-stage compression to 25 % of the teacher, manual and automatic "
+                  "inheritance, with the learned allocations (C6)",
     "training_cost": "Training cost: accuracy against samples seen, inherited and from scratch (C7)",
 }
 # The rendered page: readable width, tables that scroll inside the page instead of being cut off.

@@ -78,8 +78,9 @@ AUTO_REFERENCES: dict[str, Reference] = {
 
 PAPER_MODELS = list(REFERENCES)
 TEACHERS = ["ViT-B-32", "ViT-B-16", "RN50"]
-MINI_MODELS = ["TinyCLIP-mini-teacher", "TinyCLIP-mini-S75", "TinyCLIP-mini-S50"]
-SMOKE_MODELS = ["TinyCLIP-smoke-teacher", "TinyCLIP-smoke-S75", "TinyCLIP-smoke-S50"]
+# S75 / S50 / S25: the manual chain of paper §3.3 at small size (recipes/mini_manual.yaml, mini_multistage_*.yaml)
+MINI_MODELS = ["TinyCLIP-mini-teacher", "TinyCLIP-mini-S75", "TinyCLIP-mini-S50", "TinyCLIP-mini-S25"]
+SMOKE_MODELS = ["TinyCLIP-smoke-teacher", "TinyCLIP-smoke-S75", "TinyCLIP-smoke-S50", "TinyCLIP-smoke-S25"]
 ROLES = {**{n: "tinyclip" for n in PAPER_MODELS}, **{n: "teacher" for n in TEACHERS},
          **{n: "mini" for n in MINI_MODELS}, **{n: "smoke" for n in SMOKE_MODELS}}
 

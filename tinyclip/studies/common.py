@@ -270,6 +270,21 @@ def teacher_outcomes(arm: Arm, metric: str, seed: int = 0) -> dict[int, np.ndarr
     return {} if summary is None else {0: item_scores(run_items(summary), metric)}
 
 
+def allocation_columns(arch: Mapping[str, Any]) -> dict[str, Any]:
+    """Per tower, what a pruned student kept of its teacher (:func:`tinyclip.pruned.pruned_architecture` data):
+    hidden width, attention heads and FFN neurons as "kept/original", whole sub-layers dropped, parameters (M)."""
+    row: dict[str, Any] = {}
+    for tower in ("vision", "text"):
+        t = arch[tower]
+        layers = t["layers"]
+        row[f"{tower}_hidden"] = f"{t['hidden']}/{t['hidden_original']}"
+        row[f"{tower}_heads"] = f"{sum(l['heads'] for l in layers)}/{sum(l['heads_original'] for l in layers)}"
+        row[f"{tower}_ffn"] = f"{sum(l['mlp'] for l in layers)}/{sum(l['mlp_original'] for l in layers)}"
+        row[f"{tower}_sublayers_dropped"] = sum(l["attn_dropped"] + l["mlp_dropped"] for l in layers)
+        row[f"{tower}_params_m"] = t["params"] / 1e6
+    return row
+
+
 def copy_with(arm: Arm, **changes: Any) -> Arm:
     """A copy of ``arm`` with some fields changed (overrides deep-copied)."""
     values = {**arm.__dict__, **changes}

@@ -26,7 +26,7 @@ from ..pruned import PrunedCLIP
 from ..recipe import load_recipe
 from ..runs import project_root
 from ..throughput import throughput_table
-from .common import recipe_summaries
+from .common import allocation_columns, recipe_summaries
 
 RECIPES_DIR = project_root() / "recipes"
 TABLE2_RECIPES = ("manual", "scratch", "auto")   # part (c): recipes/<profile>_<kind>.yaml
@@ -196,15 +196,7 @@ def auto_stage_rows(profile: str = "mini", seed: int | None = None) -> list[dict
         row = {"stage": summary["stage_name"], "target_sparsity": auto["target_sparsity"],
                "achieved_sparsity": auto["achieved_sparsity"], "expected_sparsity_at_prune": auto["expected_sparsity"],
                "cofi_rounding_sparsity": auto.get("cofi_sparsity"), "params_m": auto["params"] / 1e6}
-        for tower in ("vision", "text"):
-            t = arch[tower]
-            layers = t["layers"]
-            row[f"{tower}_hidden"] = f"{t['hidden']}/{t['hidden_original']}"
-            row[f"{tower}_heads"] = f"{sum(l['heads'] for l in layers)}/{sum(l['heads_original'] for l in layers)}"
-            row[f"{tower}_ffn"] = f"{sum(l['mlp'] for l in layers)}/{sum(l['mlp_original'] for l in layers)}"
-            row[f"{tower}_sublayers_dropped"] = sum(l["attn_dropped"] + l["mlp_dropped"] for l in layers)
-            row[f"{tower}_params_m"] = t["params"] / 1e6
-        rows.append(row)
+        rows.append({**row, **allocation_columns(arch)})
     return rows
 
 

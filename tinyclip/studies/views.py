@@ -265,7 +265,7 @@ def removal_figure(rows: Sequence[Mapping[str, Any]], base: Mapping[str, float],
     return fig
 
 
-def allocation_figure(arch: Mapping[int, Mapping[str, Any]], title: str = ""):
+def seed_allocation_figure(arch: Mapping[int, Mapping[str, Any]], title: str = ""):
     """Share of heads and FFN neurons the automatic chain kept in each layer, per tower, one marker per seed."""
     import matplotlib.pyplot as plt
 
@@ -331,6 +331,49 @@ def interaction_figure(rows: Sequence[Mapping[str, Any]], layout: Mapping[str, t
         ax.set_ylabel(SHORT[metric])
         ax.grid(axis="y", alpha=0.3)
         ax.legend(fontsize=8)
+def allocation_table(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """Per final student and tower: what it keeps of the teacher (:func:`tinyclip.studies.common.allocation_columns`
+    rows with ``sparsity`` and ``{tower}_share``), one line per (student, tower)."""
+    out = [{"Student": r["label"], "Tower": tower, "Student size (% of teacher)": _num(100 * (1 - r["sparsity"])),
+            "Share of the teacher's tower (%)": _num(100 * r[f"{tower}_share"]),
+            "Hidden": r[f"{tower}_hidden"], "Heads": r[f"{tower}_heads"], "FFN neurons": r[f"{tower}_ffn"],
+            "Sub-layers dropped": str(r[f"{tower}_sublayers_dropped"]), "Params (M)": _num(r[f"{tower}_params_m"], 2)}
+           for r in rows for tower in ("vision", "text")]
+    return pd.DataFrame(out).set_index(["Student", "Tower"]) if out else pd.DataFrame()
+
+
+def allocation_figure(archs: Mapping[str, Sequence[Mapping[str, Any]]], labels: Mapping[str, str] | None = None,
+                      title: str = ""):
+    """Per layer of each tower, the share of the teacher's attention heads (dashed) and FFN neurons (solid) a
+    student keeps, averaged over its runs (:func:`tinyclip.pruned.pruned_architecture` data); one colour per
+    student, the tower's kept hidden width in its legend."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    archs = {k: v for k, v in archs.items() if v}
+    if not archs:
+        return None
+    labels = labels or {}
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.4 + 0.25 * len(archs)), sharey=True)
+    for ax, tower in zip(axes, ("vision", "text")):
+        for i, (key, entries) in enumerate(archs.items()):
+            colour = f"C{i}"
+            layers = [e[tower]["layers"] for e in entries]
+            heads = np.mean([[l["heads"] / l["heads_original"] for l in ls] for ls in layers], axis=0)
+            mlp = np.mean([[l["mlp"] / l["mlp_original"] for l in ls] for ls in layers], axis=0)
+            hidden = np.mean([e[tower]["hidden"] / e[tower]["hidden_original"] for e in entries])
+            x = np.arange(len(heads))
+            runs = f", {len(entries)} runs" if len(entries) > 1 else ""
+            ax.plot(x, mlp, "-o", color=colour, ms=4, label=f"{labels.get(key, key)} (hidden {100 * hidden:.0f} %{runs})")
+            ax.plot(x, heads, "--s", color=colour, ms=3, alpha=0.8)
+        ax.set_xticks(x)
+        ax.set_xlabel(f"{tower} layer")
+        ax.set_ylim(-0.05, 1.05)
+        ax.grid(alpha=0.3)
+        ax.set_title(f"{tower} tower: FFN neurons (solid), heads (dashed)", fontsize=9)
+        # per panel (the kept hidden width differs between the towers), below the axes (no line hidden)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2))
+    axes[0].set_ylabel("share of the teacher's layer kept")
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
