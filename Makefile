@@ -56,7 +56,7 @@ data-card: env ## the data card: sources, licences, counts, content digest
 
 # Table 2: published reference, paper-scale architectures, mini-scale analogue over seeds. Builds the data set and
 # trains the profile's teacher and Table 2 recipes first (finished runs are reused, interrupted ones resume).
-reproduce-table2: env ## Table 2 + C8, C9 (data, teacher, 3 recipes x 3 seeds, report; about 3 h cold, render 2 min)
+reproduce-table2: env ## Table 2 + C8, C9 (data, teacher, 3 recipes x 3 seeds, report; about 2 h 40 min cold, render 3 min)
 	$(PY) -m tinyclip reproduce-table2 --profile $(PROFILE)
 
 reproduce-ablation_affinity: env ## C1: interaction modes, 5 losses x 3 seeds on one S50 student
