@@ -7,12 +7,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PROFILE ?= mini
 STAMP := $(VENV)/.installed
-NOTEBOOKS := table2 ablation_affinity ablation_inheritance redundancy teacher_choice multistage
+NOTEBOOKS := table2 ablation_affinity ablation_inheritance redundancy teacher_choice multistage training_cost
 
 .DEFAULT_GOAL := help
 .PHONY: help env browser test test-gpu models data data-card smoke smoke-auto check-resume check-faults report readme-claims \
 	reproduce-all reproduce-table2 reproduce-ablation_affinity reproduce-ablation_inheritance \
-	reproduce-redundancy reproduce-teacher_choice reproduce-multistage lab
+	reproduce-redundancy reproduce-teacher_choice reproduce-multistage reproduce-training_cost lab
 
 # help: `## text` after a target is its line in `make help` (wall times measured on the 2-core CPU, mini profile)
 help:
@@ -78,6 +78,10 @@ reproduce-teacher_choice: env ## C5: S50 inherited/random x mimicking the mini/L
 reproduce-multistage: env ## C6: chain to 25 % vs one stage, manual and auto x 3 seeds; shares Table 2 runs
 	$(PY) -m tinyclip data build --profile $(PROFILE)
 	$(PY) -m tinyclip report multistage --profile $(PROFILE)
+
+reproduce-training_cost: env ## C7: accuracy vs samples seen, inherited vs from-scratch S50, 624 steps x 2 arms x 3 seeds (about 2.3 h estimated, teacher trained)
+	$(PY) -m tinyclip data build --profile $(PROFILE)
+	$(PY) -m tinyclip report training_cost --profile $(PROFILE)
 
 # Every notebook in turn; a failing one is marked failed in the index, the others still run, make exits non-zero.
 reproduce-all: env ## every notebook (runs shared between notebooks are trained once)

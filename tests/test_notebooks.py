@@ -35,6 +35,8 @@ def roots(tmp_path_factory):
     ("ablation_affinity", SMOKE, ["C1"]),
     ("ablation_inheritance", {**SMOKE, "mask_fractions": [0.25, 0.4]}, ["C2", "C3"]),
     ("multistage", SMOKE, ["C6"]),
+    # 2 x 400 x 0.025 = 20 steps per run, a point every 5: the curve code path, not a measurement
+    ("training_cost", {**SMOKE, "budget_scale": 0.025, "points": 4}, ["C7"]),
     ("table2", {"seeds": [0, 1], "measure_throughput": False}, ["C8", "C9"]),
     ("redundancy", {"seeds": [0, 1], "random_seeds": [0, 1], "cka_items": 128}, ["C4"]),
     ("teacher_choice", SMOKE, ["C5"]),

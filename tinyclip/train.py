@@ -9,7 +9,8 @@ student far smaller than the teacher is reached in steps (e.g. ViT-B/32 → 61M 
     (teacher forward, or teacher-embedding-cache lookup) → student forward → DistillationLoss → backward
     → gradient clipping → AdamW (linear warm-up + cosine lr) → logit-scale handling
 
-with checkpoints for an exact ``--resume``, metrics to ``metrics.jsonl``, and evaluation at the end. An auto
+with checkpoints for an exact ``--resume``, metrics to ``metrics.jsonl``, and evaluation at the end (and on an
+``eval.every`` schedule, points of the learning curve: :mod:`tinyclip.curve`). An auto
 stage (paper §3.2, :mod:`tinyclip.inherit.auto`) runs the same loop on ``MaskedCLIP(student)`` for its first
 ``mask_steps`` steps (the Lagrangian sparsity term added to the loss, a MaskOptimizer step after AdamW), prunes
 to a dense PrunedCLIP and distils that with a fresh AdamW for the rest; resume works in either phase. Everything
@@ -54,6 +55,7 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from tqdm.auto import tqdm
 
+from . import curve
 from .errors import TinyCLIPError
 from .inherit.auto import AutoInheritSpec, MaskedCLIP, MaskOptimizer
 from .pruned import PrunedCLIP, PrunedConfig, param_counts, pruned_architecture, save_pruned, to_pruned
@@ -169,6 +171,8 @@ def train_stage(run: Run, stage: StageSpec, *, seed: int, teacher: "Teacher | No
         if world.is_main:
             run.truncate_metrics(start_step)  # the steps after the checkpoint are logged again below
     world.barrier()
+    if stage.eval["every"] and start_step == 0:  # an eval schedule's curve starts with the untrained student
+        curve.record_point(run, masked or student, evaluate, done=0, batch=stage.batch, world=world)
 
     progress = tqdm(total=stage.steps * stage.batch, initial=start_step * stage.batch, unit="pair",
                     unit_scale=True, desc=f"{stage.name}", disable=not world.is_main or _quiet(),
@@ -277,10 +281,8 @@ def train_stage(run: Run, stage: StageSpec, *, seed: int, teacher: "Teacher | No
             if world.is_main:
                 run.append_metrics({"step": step, "pruned": {k: v for k, v in auto_report.items() if k != "config"}})
         current = masked or student
-        if eval_now:
-            if world.is_main:
-                run.append_metrics({"step": step, "eval": evaluate(current)})
-            world.barrier()
+        if eval_now:  # a point of the learning curve, per-item outcomes kept (tinyclip.curve)
+            curve.record_point(run, current, evaluate, done=done, batch=stage.batch, world=world)
         if checkpoint_now:
             rng = world.gather(_rng_state())  # every rank's stream, so a multi-process resume is exact
             if world.is_main:

@@ -374,7 +374,58 @@ def allocation_figure(archs: Mapping[str, Sequence[Mapping[str, Any]]], labels: 
         # per panel (the kept hidden width differs between the towers), below the axes (no line hidden)
         ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2))
     axes[0].set_ylabel("share of the teacher's layer kept")
+def curve_figure(curves: Mapping[str, Any], speedups: Mapping[str, Sequence[Mapping[str, Any]]],
+                 labels: Mapping[str, str], headline: float = 1.0, title: str = ""):
+    """Learning curves (score against samples seen) of two arms, mean over seeds and items with the 95 % band, one
+    panel (own axis) per metric; the headline target as a dashed line, each arm's crossing marked."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    metrics = list(curves)
+    if not metrics:
+        return None
+    fig, axes = plt.subplots(1, len(metrics), figsize=(6.2 * len(metrics), 4.0))
+    axes = [axes] if len(metrics) == 1 else list(axes)
+    colours = {"inherited": "#1f77b4", "scratch": "#d62728"}
+    for ax, metric in zip(axes, metrics):
+        x = np.asarray(curves[metric]["samples"]) / 1000
+        for key in ("inherited", "scratch"):
+            c = curves[metric][key]
+            ax.plot(x, c["mean"], "o-", ms=3, color=colours[key], label=labels.get(key, key))
+            ax.fill_between(x, c["low"], c["high"], color=colours[key], alpha=0.2, lw=0)
+        head = next((s for s in speedups.get(metric, []) if s["fraction"] == headline), None)
+        if head is not None:
+            ax.axhline(head["target"], color="black", ls="--", lw=0.8,
+                       label=f"target: from scratch's final ({head['target']:.1f})")
+            for key, samples in (("inherited", head["samples_fast"]), ("scratch", head["samples_slow"])):
+                if np.isfinite(samples):
+                    ax.plot([samples / 1000], [head["target"]], "D", color=colours[key], ms=7, mec="black")
+        ax.set_xlabel("samples seen (thousands)")
+        ax.set_ylabel(SHORT[metric])
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def speedup_table(speedups: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """One line per target: its level, the samples each arm needs, the speed-up [95 % interval] and any bound."""
+    def samples(v: float) -> str:
+        return "not reached" if math.isinf(v) else "0 (at the start)" if v == 0 else f"{v / 1000:,.1f} k"
+
+    def ratio(v: float) -> str:
+        return "∞" if math.isinf(v) else DASH if math.isnan(v) else f"{v:.2f}"
+
+    bounds = {"": "", "lower": "lower bound (from scratch never reaches it)",
+              "upper": "upper bound (inherited never reaches it)", "undefined": "neither arm reaches it"}
+    out = []
+    for s in speedups:
+        out.append({"Target (share of from scratch's final)": f"{s['fraction']:.2f}",
+                    "Target score (%)": f"{s['target']:.1f}", "Inherited needs": samples(s["samples_fast"]),
+                    "From scratch needs": samples(s["samples_slow"]),
+                    "Speed-up (×)": f"{ratio(s['estimate'])} [{ratio(s['ci_low'])}, {ratio(s['ci_high'])}]",
+                    "Replicates not reaching it (%)": f"{100 * s['censored']:.0f}",
+                    "Bound": bounds.get(s["bound"], s["bound"]) or DASH})
+    return pd.DataFrame(out).set_index("Target (share of from scratch's final)")
