@@ -287,6 +287,12 @@ def seed_allocation_figure(arch: Mapping[int, Mapping[str, Any]], title: str = "
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("kept (%)")
     axes[1].legend(fontsize=7, ncol=2)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
 def two_way_table(rows: Sequence[Mapping[str, Any]], layout: Mapping[str, tuple[str, str]], metric: str = "fmnist"
                   ) -> pd.DataFrame:
     """A factorial design's cells: ``layout`` maps an arm key to its (row level, column level); each cell is the
@@ -331,6 +337,12 @@ def interaction_figure(rows: Sequence[Mapping[str, Any]], layout: Mapping[str, t
         ax.set_ylabel(SHORT[metric])
         ax.grid(axis="y", alpha=0.3)
         ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
 def allocation_table(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     """Per final student and tower: what it keeps of the teacher (:func:`tinyclip.studies.common.allocation_columns`
     rows with ``sparsity`` and ``{tower}_share``), one line per (student, tower)."""
@@ -374,6 +386,12 @@ def allocation_figure(archs: Mapping[str, Sequence[Mapping[str, Any]]], labels: 
         # per panel (the kept hidden width differs between the towers), below the axes (no line hidden)
         ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2))
     axes[0].set_ylabel("share of the teacher's layer kept")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
 def curve_figure(curves: Mapping[str, Any], speedups: Mapping[str, Sequence[Mapping[str, Any]]],
                  labels: Mapping[str, str], headline: float = 1.0, title: str = ""):
     """Learning curves (score against samples seen) of two arms, mean over seeds and items with the 95 % band, one
