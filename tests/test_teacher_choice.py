@@ -103,7 +103,7 @@ def test_combine_outcomes_weights_arms_on_their_common_seeds():
     assert list(out) == [1] and out[1].tolist() == [0.5, 1.0]
     assert tc.combine_outcomes([(1, "a"), (1, "missing")], {"a": a}) == {}
     assert tc.side_name([(0.5, "a"), (0.5, "b")]) == "½(a + b)"
-    assert tc.side_name([(1, "a"), (1, "b")]) == "a + b" and tc.side_name([(1, "a")]) == "a"
+    assert tc.side_name([(1, "a"), (1, "b")]) == "(a + b)" and tc.side_name([(1, "a")]) == "a"
 
 
 def test_contrasts_of_the_two_by_two_have_their_known_values():
@@ -127,7 +127,7 @@ def test_contrasts_of_the_two_by_two_have_their_known_values():
         assert got[name]["ci_low"] <= got[name]["estimate"] <= got[name]["ci_high"]
     assert got["C5"]["verdict"] == "reproduced" and got["interaction"]["verdict"] == "reproduced"
     assert got["teacher | random"]["verdict"] == "not reproduced"
-    assert got["interaction"]["a"] == "inh_own + rand_lit" and got["interaction"]["b"] == "rand_own + inh_lit"
+    assert got["interaction"]["a"] == "(inh_own + rand_lit)" and got["interaction"]["b"] == "(rand_own + inh_lit)"
 
 
 def test_contrasts_skip_unfinished_arms_and_add_family_teachers():
@@ -191,3 +191,21 @@ def test_two_way_table_and_interaction_figure():
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["inherited", "random"] and len(ax.lines) >= 2
     assert views.interaction_figure([], layout) is None
+
+
+def test_interpretation_reads_nothing_from_too_few_seeds():
+    primary = {c["claim"]: c for c in tc.contrasts(
+        outcomes({"inh_own": 0.70, "rand_own": 0.50, "inh_lit": 0.60, "rand_lit": 0.55}, seeds=(0, 1)), "fmnist")}
+    text = tc.interpretation(primary, [], "mini")
+    assert text.count("with 2 seed(s) finished this is not read yet (a reading needs 3)") == 3
+    assert "larger with the similar teacher" not in text and "not measurably different" not in text
+
+
+def test_score_figure_puts_the_first_row_on_top_in_every_panel():
+    rows = [{"arm": k, "label": k, "seeds": 1, "fmnist": 50.0, "fmnist_ci": (49.0, 51.0), "retrieval": 30.0,
+             "retrieval_ci": (29.0, 31.0)} for k in ("first", "second", "third")]
+    for metrics in (["fmnist"], ["fmnist", "retrieval"]):
+        fig = views.score_figure(rows, metrics=metrics)
+        for ax in fig.axes:
+            bottom, top = ax.get_ylim()
+            assert top < bottom, metrics      # y grows downwards: row 0 ("first") is drawn at the top

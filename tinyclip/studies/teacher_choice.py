@@ -38,7 +38,7 @@ import numpy as np
 
 from ..errors import TinyCLIPError
 from ..recipe import load_recipe
-from .claims import claim_entry, compare
+from .claims import MIN_SEEDS, claim_entry, compare
 from .common import (METRICS, Arm, arm_outcomes, items_row, materialize, recipe_path, recipe_summaries, run_items,
                      score_rows, train_arms)
 
@@ -111,11 +111,14 @@ def combine_outcomes(side: Side, outcomes: Mapping[str, Mapping[int, np.ndarray]
 
 
 def side_name(side: Side) -> str:
-    """``inh_own``, ``½(inh_own + rand_own)``, ``inh_own + rand_lit``: a side as text for tables."""
+    """``inh_own``, ``½(inh_own + rand_own)``, ``(inh_own + rand_lit)``: a side as text for tables and figures, in
+    parentheses when it sums arms (the figures write "A − B")."""
     weights = {w for w, _ in side}
     keys = " + ".join(k for _, k in side)
-    if len(side) == 1 or weights == {1}:
+    if len(side) == 1:
         return keys
+    if weights == {1}:
+        return f"({keys})"
     if len(weights) == 1:
         (w,) = weights
         return f"{'½' if w == 0.5 else f'{w:g} ×'}({keys})"
@@ -231,6 +234,14 @@ def _note(primary: Mapping[str, Mapping[str, Any]], teachers: Sequence[Mapping[s
     return " ".join(parts)
 
 
+def _reading(c: Mapping[str, Any], readings: Mapping[str, str]) -> str:
+    """The sentence for a contrast's verdict; none while too few seeds have finished (the interval then covers too
+    little of the seed variance to be read, whatever side of zero it lies on)."""
+    if c.get("too_few_seeds"):
+        return f"with {c['n_seeds']} seed(s) finished this is not read yet (a reading needs {MIN_SEEDS})"
+    return readings[c["verdict"]]
+
+
 def interpretation(primary: Mapping[str, Mapping[str, Any]], teachers: Sequence[Mapping[str, Any]],
                    profile: str) -> str:
     """What the 2 × 2 says about the paper's explanation, in sentences built from the measured contrasts (primary
@@ -247,18 +258,18 @@ def interpretation(primary: Mapping[str, Mapping[str, Any]], teachers: Sequence[
                 "not reproduced": "the inherited student learns more from the stronger LiT teacher",
                 "inconclusive": "this design cannot tell which teacher the inherited student learns more from"}
         out.append(f"Headline (C5): inherited S50 mimicking the {own} minus mimicking LiT is {_effect(head)}: "
-                   f"{side[head['verdict']]}.")
+                   f"{_reading(head, side)}.")
     inter, own_gain, lit_gain = (primary.get(k) for k in ("interaction", "inheritance | own", "inheritance | LiT"))
     if inter is not None and own_gain is not None and lit_gain is not None:
-        reading = {"reproduced": "larger with the similar teacher, as the explanation *inheritance needs a similar "
-                                 "teacher* predicts",
-                   "not reproduced": "smaller with the similar teacher, against the explanation *inheritance needs "
-                                     "a similar teacher*",
-                   "inconclusive": "not measurably different between the teachers, so the explanation *inheritance "
-                                   "needs a similar teacher* is neither supported nor refuted here"}
+        reading = {"reproduced": "the benefit of inheritance is larger with the similar teacher, as the explanation "
+                                 "*inheritance needs a similar teacher* predicts",
+                   "not reproduced": "the benefit of inheritance is smaller with the similar teacher, against the "
+                                     "explanation *inheritance needs a similar teacher*",
+                   "inconclusive": "the benefit of inheritance is not measurably different between the teachers, so "
+                                   "the explanation *inheritance needs a similar teacher* is neither supported nor "
+                                   "refuted here"}
         out.append(f"Inheritance gains {_effect(own_gain)} under the {own} and {_effect(lit_gain)} under LiT; "
-                   f"the difference (interaction) is {_effect(inter)}: the benefit of inheritance is "
-                   f"{reading[inter['verdict']]}.")
+                   f"the difference (interaction) is {_effect(inter)}: {_reading(inter, reading)}.")
     scratch = primary.get("teacher | random")
     if scratch is not None:
         reading = {"reproduced": f"even without inheritance the {own} is the easier teacher to learn from, as the "
@@ -268,5 +279,5 @@ def interpretation(primary: Mapping[str, Mapping[str, Any]], teachers: Sequence[
                                      "comes through inheritance",
                    "inconclusive": "without inheritance neither teacher is measurably better to mimic"}
         out.append(f"Random-init students mimicking the {own} minus mimicking LiT: {_effect(scratch)}; "
-                   f"{reading[scratch['verdict']]}.")
+                   f"{_reading(scratch, reading)}.")
     return " ".join(out) if out else "No reading yet: the arms of the 2 × 2 have not finished on a common seed."

@@ -85,9 +85,9 @@ def score_figure(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str] = ("f
         high = [r[f"{metric}_ci"][1] - r[metric] for r in rows]
         ax.errorbar(means, range(len(rows)), xerr=[low, high], fmt="o", capsize=3, color="#1f77b4")
         ax.set_yticks(range(len(rows)), labels)
-        ax.invert_yaxis()
         ax.set_xlabel(SHORT[metric])
         ax.grid(axis="x", alpha=0.3)
+    axes[0].invert_yaxis()  # first row on top; once only: the panels share the y axis (twice would undo it)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
