@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 NOTEBOOKS := table2 ablation_affinity ablation_inheritance redundancy teacher_choice multistage training_cost
 
 .DEFAULT_GOAL := help
-.PHONY: help env browser test test-gpu models data data-card smoke smoke-auto check-resume check-faults report readme-claims \
+.PHONY: help env browser test test-gpu models data data-card smoke smoke-auto check-resume check-faults report inventory readme-claims \
 	reproduce-all reproduce-table2 reproduce-ablation_affinity reproduce-ablation_inheritance \
 	reproduce-redundancy reproduce-teacher_choice reproduce-multistage reproduce-training_cost lab
 
@@ -86,12 +86,18 @@ reproduce-training_cost: env ## C7: accuracy vs samples seen, inherited vs from-
 # Every notebook in turn; a failing one is marked failed in the index, the others still run, make exits non-zero.
 reproduce-all: env ## every notebook (runs shared between notebooks are trained once)
 	@failed=""; for nb in $(NOTEBOOKS); do $(MAKE) --no-print-directory reproduce-$$nb || failed="$$failed $$nb"; done; \
+	$(PY) -m tinyclip inventory --profile $(PROFILE) >/dev/null; \
 	if [ -n "$$failed" ]; then echo "failed notebooks:$$failed (see reports/index.html)"; exit 1; fi
 
 # Re-render every report from finished runs (trains nothing; arms that have not finished are left out).
-report: env ## re-render every report from finished runs (minutes)
+report: env ## re-render every report from finished runs (minutes), then the inventory
 	@failed=""; for nb in $(NOTEBOOKS); do $(PY) -m tinyclip report $$nb --profile $(PROFILE) -p train False || \
-		failed="$$failed $$nb"; done; if [ -n "$$failed" ]; then echo "failed notebooks:$$failed"; exit 1; fi
+		failed="$$failed $$nb"; done; $(PY) -m tinyclip inventory --profile $(PROFILE) >/dev/null; \
+		if [ -n "$$failed" ]; then echo "failed notebooks:$$failed"; exit 1; fi
+
+# Every run the notebooks read, counted once; reports/inventory.json and the index's reproduce-all projection.
+inventory: env ## the runs behind all notebooks: finished, unfinished, projected reproduce-all time (about 1 min)
+	$(PY) -m tinyclip inventory --profile $(PROFILE)
 
 readme-claims: env ## copy the claims table of reports/claims.json into README.md (seconds)
 	$(PY) -c "from tinyclip.site import sync_readme_claims; sync_readme_claims('README.md', '$(PROFILE)')"

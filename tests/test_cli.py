@@ -36,7 +36,7 @@ def test_every_handler_resolves_and_the_constants_match_the_library():
             nested = [a for a in sub._actions if a.__class__.__name__ == "_SubParsersAction"]
             for p in ([q for a in nested for q in a.choices.values()] or [sub]):
                 handlers.add(p.get_default("handler"))
-    assert len(handlers) == 10
+    assert len(handlers) == 11
     for handler in handlers:
         args = type("Args", (), {"handler": handler})()
         assert callable(cli.handler_of(args)), handler

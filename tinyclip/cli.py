@@ -54,6 +54,13 @@ def _report(sub) -> None:
     p.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds")
 
 
+def _inventory(sub) -> None:
+    p = _command(sub, "inventory", "tinyclip.studies.inventory:_cmd_inventory",
+                 "every run the notebooks read, once: finished, unfinished, and the projected reproduce-all time")
+    p.add_argument("--profile", default="mini", choices=["smoke", "mini", "paper"])
+    p.add_argument("--parallel", type=int, default=2, help="jobs side by side in the projection (default 2)")
+
+
 def _data(sub) -> None:
     data = sub.add_parser("data", help="build and describe the profiles' data sets")
     data_sub = data.add_subparsers(dest="data_command", required=True)
@@ -131,7 +138,7 @@ def _table2(sub) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tinyclip", description=__doc__.splitlines()[0])
     subparsers = parser.add_subparsers(dest="command", required=True)
-    for add in (_models, _inherit, _report, _data, _eval, _training, _table2):
+    for add in (_models, _inherit, _report, _inventory, _data, _eval, _training, _table2):
         add(subparsers)
     return parser
 

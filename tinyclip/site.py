@@ -119,7 +119,38 @@ def index_html(profile: str) -> str:
             "this is minutes); training: the summed training time of the runs the report reads, each measured in "
             "its run folder (runs side by side share the cores, so the wall time to train them from nothing is "
             "about this sum divided by the parallel jobs).</p>"
-            "</body></html>\n")
+            + _inventory_html(profile) + "</body></html>\n")
+
+
+def _inventory_html(profile: str) -> str:
+    """The ``make reproduce-all`` paragraph from ``inventory.json`` (``tinyclip inventory``), if it exists."""
+    from .studies.inventory import inventory_path
+
+    path = inventory_path(profile)
+    if not path.is_file():
+        return ""
+    inv = json.loads(path.read_text())
+    setup = ", ".join(f"{k} {v:.0f} min" for k, v in inv.get("setup_min", {}).items()) or "not recorded"
+    seeds = ", ".join(str(s) for s in inv["seeds"])
+    return (f"<h2>Everything from nothing: <code>make reproduce-all</code></h2><p>The notebooks read "
+            f"{inv['runs']} distinct runs (seeds {seeds}; shared runs counted once): {inv['finished']} have "
+            f"finished ({inv['train_min_measured']:.0f} min of training, measured in their folders), "
+            f"{inv['unfinished']} have not ({inv['train_min_projected']:.0f} min projected from each one's steps and "
+            f"the measured seconds per step of finished runs like it). Measured set-up: {setup}. With "
+            f"{inv['parallel']} jobs side by side the whole of it takes about <b>{inv['reproduce_all_h']:.1f} h</b> "
+            "on this machine — a projection from measured parts, not a timed end-to-end run (the notebooks' own "
+            "execution is not included)" + _inventory_gaps(inv) + ". <code>tinyclip inventory</code> refreshes it.</p>")
+
+
+def _inventory_gaps(inv: dict) -> str:
+    """What the projection leaves out: runs with no finished run like them, arms whose runs cannot be named yet."""
+    gaps = []
+    if inv.get("unprojected"):
+        gaps.append(f"{inv['unprojected']} unfinished runs have no finished run like them and count as zero")
+    if inv.get("unresolved"):
+        gaps.append(f"{len(inv['unresolved'])} arm-seeds could not be named yet (e.g. their teacher is not built) "
+                    "and are missing")
+    return ("; it is a lower bound: " + "; ".join(gaps)) if gaps else ""
 
 
 def _effect_text(c: dict) -> str:

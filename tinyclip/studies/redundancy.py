@@ -47,7 +47,8 @@ def auto_arm(profile: str) -> Arm:
     return Arm("auto", "automatic inheritance (the recipe's own mask phase)", str(path), last)
 
 
-def teacher_summary(profile: str) -> dict[str, Any] | None:
+def profile_teacher_run(profile: str) -> dict[str, Any] | None:
+    """The finished run of the profile's teacher recipe (the model every measurement here is made on)."""
     summaries = recipe_summaries(recipe_path(profile, "teacher"))
     return None if summaries is None else summaries[-1]
 
@@ -83,7 +84,7 @@ def analyse(profile: str = "mini", seeds: Sequence[int] = (0, 1, 2), *, k_levels
     """Layer similarity, depth and width removal on the teacher, the automatic chain's allocation, and C4."""
     import torch
 
-    summary = teacher_summary(profile)
+    summary = profile_teacher_run(profile)
     if summary is None:
         raise TinyCLIPError(f"the {profile} teacher has not finished; run the study with train=True "
                             f"(make reproduce-redundancy PROFILE={profile})")
@@ -169,7 +170,7 @@ def training_cost(profile: str, seeds: Sequence[int]) -> tuple[float, int]:
     """(training minutes, runs) behind the study: the teacher, and every stage of the finished automatic chains."""
     from .common import materialize
 
-    teacher = teacher_summary(profile)
+    teacher = profile_teacher_run(profile)
     minutes, runs = (teacher.get("train_s", 0.0) / 60, 1) if teacher else (0.0, 0)
     for seed in seeds:
         chain = recipe_summaries(materialize(auto_arm(profile)), seed) or []
