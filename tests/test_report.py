@@ -21,6 +21,18 @@ def test_table2_renders_without_code_and_with_provenance(tmp_path, monkeypatch):
     assert "href='table2.html'" in index and "Provenance" not in index
 
 
+def test_a_render_sweeps_its_own_pages_left_by_a_killed_render_and_nothing_else(tmp_path, monkeypatch):
+    monkeypatch.setenv("TINYCLIP_REPORTS_ROOT", str(tmp_path / "reports"))
+    base = report.reports_dir("smoke")
+    base.mkdir(parents=True)
+    own, other = base / ".table2.html.abc123.tmp", base / ".redundancy.html.def456.tmp"
+    page = base / "table2.html"
+    for path in (own, other, page):
+        path.write_text("x")
+    report._sweep_stale_pages("smoke", "table2")
+    assert not own.exists() and other.exists() and page.exists()
+
+
 def test_unknown_notebook_is_a_clear_error():
     with pytest.raises(TinyCLIPError, match="no notebook"):
         report.render("no-such-notebook", profile="smoke")

@@ -76,6 +76,7 @@ def render(name: str, profile: str = DEFAULT_PROFILE, parameters: dict[str, Any]
         known = ", ".join(sorted(p.stem for p in notebooks_dir().glob("*.ipynb"))) or "none"
         raise TinyCLIPError(f"no notebook {source}; known notebooks: {known}")
     params = {"profile": profile, **(parameters or {})}
+    _sweep_stale_pages(profile, name)
     executed = project_root() / "build" / profile / f"{name}.ipynb"
     executed.parent.mkdir(parents=True, exist_ok=True)
     started = time.time()
@@ -103,6 +104,13 @@ def render(name: str, profile: str = DEFAULT_PROFILE, parameters: dict[str, Any]
     atomic_write_text(out, body)
     _record(name, profile, params, wall_s, status="ok")
     return out
+
+
+def _sweep_stale_pages(profile: str, name: str) -> None:
+    """Remove the temporary copies of this report's page that a render killed mid-write left beside it (only this
+    notebook's own page: no other render writes it, so none of these can belong to a render in progress)."""
+    for stale in reports_dir(profile).glob(f".{name}.html.*.tmp"):
+        stale.unlink(missing_ok=True)
 
 
 def _record(name: str, profile: str, params: dict[str, Any], wall_s: float, *, status: str,
