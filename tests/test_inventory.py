@@ -31,6 +31,7 @@ def test_smoke_inventory_counts_shared_runs_once_and_projects_nothing_without_fi
     assert record["finished"] == 0 and record["unfinished"] + record["finished"] == record["runs"]
     assert record["train_min_measured"] == 0 and record["train_min_projected"] == 0
     assert record["unprojected"] == record["unfinished"]
+    assert set(record["notebook_finished"]) == set(NOTEBOOKS) and not any(record["notebook_finished"].values())
 
 
 def test_index_paragraph_states_projection_and_its_gaps(tmp_path, monkeypatch):
@@ -41,10 +42,11 @@ def test_index_paragraph_states_projection_and_its_gaps(tmp_path, monkeypatch):
     assert site._inventory_html("mini") == ""
     path.write_text(json.dumps({"runs": 70, "finished": 31, "unfinished": 39, "unprojected": 2, "unresolved": [],
                                 "train_min_measured": 378.1, "train_min_projected": 651.0, "seeds": [0, 1, 2],
-                                "setup_min": {"data build": 10.7}, "parallel": 2, "reproduce_all_h": 9.0}))
+                                "setup_min": {"data build": 10.7}, "parallel": 2, "reproduce_all_h": 9.0,
+                                "notebook_runs": {"table2": 16}, "notebook_finished": {"table2": 12}}))
     text = site._inventory_html("mini")
     assert "70 distinct runs" in text and "9.0 h" in text and "data build 11 min" in text
-    assert "lower bound" in text and "2 unfinished runs" in text
+    assert "lower bound" in text and "2 unfinished runs" in text and "12 of 16" in text
 
 
 def test_inventory_command_is_registered(capsys):

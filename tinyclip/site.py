@@ -139,7 +139,16 @@ def _inventory_html(profile: str) -> str:
             f"the measured seconds per step of finished runs like it). Measured set-up: {setup}. With "
             f"{inv['parallel']} jobs side by side the whole of it takes about <b>{inv['reproduce_all_h']:.1f} h</b> "
             "on this machine — a projection from measured parts, not a timed end-to-end run (the notebooks' own "
-            "execution is not included)" + _inventory_gaps(inv) + ". <code>tinyclip inventory</code> refreshes it.</p>")
+            "execution is not included)" + _inventory_gaps(inv) + ". <code>tinyclip inventory</code> refreshes it.</p>"
+            + _inventory_table(inv))
+
+
+def _inventory_table(inv: dict) -> str:
+    """Finished runs per notebook (a run shared by two notebooks counts in both rows)."""
+    finished = inv.get("notebook_finished") or {}
+    rows = "".join(f"<tr><td>{html.escape(name)}</td><td class='num'>{finished.get(name, 0)} of {total}</td></tr>"
+                   for name, total in (inv.get("notebook_runs") or {}).items())
+    return f"<table><tr><th>notebook</th><th>runs finished</th></tr>{rows}</table>" if rows else ""
 
 
 def _inventory_gaps(inv: dict) -> str:

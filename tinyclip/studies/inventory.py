@@ -124,7 +124,8 @@ def inventory(profile: str = "mini", seeds: Sequence[int] = SEEDS, parallel: int
             "train_min_measured": round(measured / 60, 1), "train_min_projected": round(projected / 60, 1),
             "setup_min": {k: round(v / 60, 1) for k, v in setup.items()},
             "reproduce_all_h": round(wall_s / 3600, 2),
-            "notebook_runs": {k: len(v) for k, v in per_notebook.items()}}
+            "notebook_runs": {k: len(v) for k, v in per_notebook.items()},
+            "notebook_finished": {k: sum("train_s" in runs[d] for d in v) for k, v in per_notebook.items()}}
 
 
 def inventory_path(profile: str) -> Path:
