@@ -38,7 +38,7 @@ def test_index_paragraph_states_projection_and_its_gaps(tmp_path, monkeypatch):
     from tinyclip import site
 
     path = tmp_path / "inventory.json"
-    monkeypatch.setattr(inv, "inventory_path", lambda profile: path)
+    monkeypatch.setattr(site, "inventory_path", lambda profile: path)
     assert site._inventory_html("mini") == ""
     path.write_text(json.dumps({"runs": 70, "finished": 31, "unfinished": 39, "unprojected": 2, "unresolved": [],
                                 "train_min_measured": 378.1, "train_min_projected": 651.0, "seeds": [0, 1, 2],

@@ -21,7 +21,10 @@ def test_table2_renders_without_code_and_with_provenance(tmp_path, monkeypatch):
     assert "href='table2.html'" in index and "Provenance" not in index
 
 
-def test_a_render_sweeps_its_own_pages_left_by_a_killed_render_and_nothing_else(tmp_path, monkeypatch):
+def test_stale_temps_of_one_page_go_and_nothing_else(tmp_path, monkeypatch):
+    """What a render does first: the temporary files a render killed mid-write left beside its own page go."""
+    from tinyclip.runs import remove_stale_temps
+
     monkeypatch.setenv("TINYCLIP_REPORTS_ROOT", str(tmp_path / "reports"))
     base = report.reports_dir("smoke")
     base.mkdir(parents=True)
@@ -29,7 +32,7 @@ def test_a_render_sweeps_its_own_pages_left_by_a_killed_render_and_nothing_else(
     page = base / "table2.html"
     for path in (own, other, page):
         path.write_text("x")
-    report._sweep_stale_pages("smoke", "table2")
+    remove_stale_temps(page)
     assert not own.exists() and other.exists() and page.exists()
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from .errors import TinyCLIPError
-from .runs import atomic_write_text, project_root, provenance
+from .runs import atomic_write_text, project_root, provenance, remove_stale_temps
 
 DEFAULT_PROFILE = "mini"
 
@@ -76,7 +76,8 @@ def render(name: str, profile: str = DEFAULT_PROFILE, parameters: dict[str, Any]
         known = ", ".join(sorted(p.stem for p in notebooks_dir().glob("*.ipynb"))) or "none"
         raise TinyCLIPError(f"no notebook {source}; known notebooks: {known}")
     params = {"profile": profile, **(parameters or {})}
-    _sweep_stale_pages(profile, name)
+    # a render killed mid-write left its page's temporary file; no other render writes this page
+    remove_stale_temps(reports_dir(profile) / f"{name}.html")
     executed = project_root() / "build" / profile / f"{name}.ipynb"
     executed.parent.mkdir(parents=True, exist_ok=True)
     started = time.time()
@@ -104,13 +105,6 @@ def render(name: str, profile: str = DEFAULT_PROFILE, parameters: dict[str, Any]
     atomic_write_text(out, body)
     _record(name, profile, params, wall_s, status="ok")
     return out
-
-
-def _sweep_stale_pages(profile: str, name: str) -> None:
-    """Remove the temporary copies of this report's page that a render killed mid-write left beside it (only this
-    notebook's own page: no other render writes it, so none of these can belong to a render in progress)."""
-    for stale in reports_dir(profile).glob(f".{name}.html.*.tmp"):
-        stale.unlink(missing_ok=True)
 
 
 def _record(name: str, profile: str, params: dict[str, Any], wall_s: float, *, status: str,

@@ -100,6 +100,13 @@ def atomic_file(path: Path) -> Iterator[BinaryIO]:
         raise
 
 
+def remove_stale_temps(path: Path) -> None:
+    """Remove the temporary files :func:`atomic_file` left beside ``path`` when a writer was killed mid-write. Only
+    where no other writer of ``path`` can be running: a live writer's temporary file would go too."""
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        stale.unlink(missing_ok=True)
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     with atomic_file(path) as handle:
         handle.write(data)

@@ -38,6 +38,13 @@ def compute_path(profile: str) -> Path:
     return reports_dir(profile) / "compute.json"
 
 
+def inventory_path(profile: str) -> Path:
+    """``tinyclip inventory``'s record (:mod:`tinyclip.studies.inventory`), read by the index."""
+    from .report import reports_dir
+
+    return reports_dir(profile) / "inventory.json"
+
+
 def record_compute(profile: str, notebook: str, train_minutes: float, runs: int) -> None:
     """A notebook's training cost for the index: the summed training minutes of the runs it reads (each run's own
     ``train_s``, so runs shared with another notebook count in both) and how many runs that is."""
@@ -124,8 +131,6 @@ def index_html(profile: str) -> str:
 
 def _inventory_html(profile: str) -> str:
     """The ``make reproduce-all`` paragraph from ``inventory.json`` (``tinyclip inventory``), if it exists."""
-    from .studies.inventory import inventory_path
-
     path = inventory_path(profile)
     if not path.is_file():
         return ""

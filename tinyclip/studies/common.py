@@ -19,13 +19,14 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import yaml
 
 from ..errors import TinyCLIPError
-from ..recipe import _merge, load_recipe, prerequisite_recipes, resolve_device, resolve_recipe, teacher_recipe
+from ..recipe import (Recipe, _merge, load_recipe, prerequisite_recipes, resolve_device, resolve_recipe,
+                      teacher_recipe)
 from ..runs import Run, atomic_write_json, atomic_write_text, project_root, runs_root
 
 RECIPES_DIR = project_root() / "recipes"
@@ -148,24 +149,29 @@ def train_arms(arms: Sequence[Arm], seeds: Sequence[int], *, parallel: int = 2, 
         raise TinyCLIPError(f"recipe {failed[0]['recipe']} (seed {failed[0]['seed']}) failed: {failed[0]['error']}")
 
 
+def recipe_runs(recipe: Recipe) -> Iterator[tuple[Recipe, Any, dict[str, Any], Run]]:
+    """Each run of ``recipe`` in training order, its trained teacher's first: ``(part, stage, config, run)``.
+    Parts resolve lazily, one after the other; one that cannot (e.g. its LiT teacher is not built yet) raises
+    :class:`TinyCLIPError`."""
+    device = resolve_device(recipe.device)
+    for part in ([teacher_recipe(recipe)] if recipe.teacher.kind == "train" else []) + [recipe]:
+        for config, stage in zip(resolve_recipe(part, device=device, world_size=1), part.stages):
+            yield part, stage, config, Run(config)
+
+
 def recipe_summaries(path: str | Path, seed: int | None = None) -> list[dict[str, Any]] | None:
     """The FINISHED summaries of a recipe's teacher (if it trains one) and stages, found by their run hashes
     without training anything; ``None`` while any of them is missing."""
     recipe = load_recipe(path, seed=seed)
-    device = resolve_device(recipe.device)
-    recipes = ([teacher_recipe(recipe)] if recipe.teacher.kind == "train" else []) + [recipe]
     summaries = []
-    for part in recipes:
-        try:
-            configs = resolve_recipe(part, device=device, world_size=1)
-        except TinyCLIPError:  # e.g. its LiT teacher is not built yet: nothing of it can have finished
-            return None
-        for config, stage in zip(configs, part.stages):
-            run = Run(config)
+    try:
+        for part, stage, _, run in recipe_runs(recipe):
             if not run.is_finished():
                 return None
             summaries.append({**run.summary(), "recipe": part.name, "stage_name": stage.name,
                               "init": stage.init, "kind": stage.kind})
+    except TinyCLIPError:  # e.g. its LiT teacher is not built yet: nothing of it can have finished
+        return None
     return summaries
 
 

@@ -17,10 +17,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..recipe import load_recipe, resolve_device, resolve_recipe, teacher_recipe
-from ..runs import Run, runs_root
 from ..errors import TinyCLIPError
-from .common import Arm, materialize
+from ..recipe import load_recipe
+from ..runs import runs_root
+from .common import Arm, materialize, recipe_runs
 
 SEEDS = (0, 1, 2)
 
@@ -41,21 +41,15 @@ def study_arms(profile: str) -> dict[str, list[Arm]]:
     return {name: make() for name, make in makers.items()}
 
 
-def _stage_runs(arm: Arm, seed: int) -> list[dict[str, Any]]:
-    """The runs of an arm's recipe on one seed (its teacher's first, if it trains one), finished or not."""
-    recipe = load_recipe(materialize(arm), seed=seed)
-    device = resolve_device(recipe.device)
-    parts = ([teacher_recipe(recipe)] if recipe.teacher.kind == "train" else []) + [recipe]
+def _stage_runs(path: Path, seed: int) -> list[dict[str, Any]]:
+    """The runs of a recipe on one seed (its teacher's first, if it trains one), finished or not."""
     out = []
-    for part in parts:
-        for config in resolve_recipe(part, device=device, world_size=1):
-            run = Run(config)
-            entry = {"dir": str(run.dir), "kind": config["kind"], "student": config["student"]["name"],
-                     "batch": config["batch"], "steps": int(config["steps"]),
-                     "curve": bool(config["eval"].get("every"))}
-            if run.is_finished():
-                entry["train_s"] = float(run.summary().get("train_s") or 0.0)
-            out.append(entry)
+    for _, _, config, run in recipe_runs(load_recipe(path, seed=seed)):
+        entry = {"dir": str(run.dir), "kind": config["kind"], "student": config["student"]["name"],
+                 "batch": config["batch"], "steps": int(config["steps"]), "curve": bool(config["eval"].get("every"))}
+        if run.is_finished():
+            entry["train_s"] = float(run.summary().get("train_s") or 0.0)
+        out.append(entry)
     return out
 
 
@@ -82,7 +76,8 @@ def _measured_setup_s(profile: str) -> dict[str, float]:
     lit = 0.0
     for summary in sorted((runs_root() / "lit").glob(f"{profile}-*/summary.json")):
         record = json.loads(summary.read_text())
-        lit = max(lit, sum((record.get("feature_seconds") or {}).values()) + (record.get("heads") or {}).get("seconds", 0.0))
+        seconds = sum((record.get("feature_seconds") or {}).values()) + (record.get("heads") or {}).get("seconds", 0.0)
+        lit = max(lit, seconds)
     if lit:
         out["LiT teacher"] = lit
     return out
@@ -94,16 +89,19 @@ def inventory(profile: str = "mini", seeds: Sequence[int] = SEEDS, parallel: int
     runs: dict[str, dict[str, Any]] = {}
     per_notebook: dict[str, set[str]] = {}
     unresolved: list[str] = []
+    resolved: dict[tuple[str, int], list[dict[str, Any]]] = {}  # notebooks share recipes: resolve each once
     for notebook, arms in study_arms(profile).items():
         dirs = per_notebook.setdefault(notebook, set())
         for arm in arms:
+            path = materialize(arm)
             for seed in seeds:
                 try:
-                    stage_runs = _stage_runs(arm, seed)
+                    if (str(path), seed) not in resolved:
+                        resolved[str(path), seed] = _stage_runs(path, seed)
                 except TinyCLIPError as err:  # e.g. the LiT teacher is not built: its students have no run names yet
                     unresolved.append(f"{notebook}/{arm.key} seed {seed}: {err}")
                     continue
-                for run in stage_runs:
+                for run in resolved[str(path), seed]:
                     runs.setdefault(run["dir"], run)
                     dirs.add(run["dir"])
     done = [r for r in runs.values() if "train_s" in r]
@@ -128,16 +126,10 @@ def inventory(profile: str = "mini", seeds: Sequence[int] = SEEDS, parallel: int
             "notebook_finished": {k: sum("train_s" in runs[d] for d in v) for k, v in per_notebook.items()}}
 
 
-def inventory_path(profile: str) -> Path:
-    from ..report import reports_dir
-
-    return reports_dir(profile) / "inventory.json"
-
-
 def _cmd_inventory(args) -> int:
     """``tinyclip inventory``: write ``reports/<profile>/inventory.json``, refresh the index, print the JSON."""
     from ..runs import atomic_write_json
-    from ..site import write_index
+    from ..site import inventory_path, write_index
 
     record = inventory(args.profile, parallel=args.parallel)
     atomic_write_json(inventory_path(args.profile), record)
