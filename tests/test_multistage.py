@@ -143,3 +143,17 @@ def test_c6_needs_the_chain_to_win_for_both_modes():
     only_manual = ms.c6_entry([manual_win], "smoke")
     assert only_manual["verdict"] == stats.INCONCLUSIVE and "auto not finished" in only_manual["note"]
     assert ms.c6_entry([], "smoke") is None
+
+
+def test_an_arms_size_is_the_mean_of_its_runs(monkeypatch):
+    """A learned mask lands each seed at its own size: the scores table reports their mean, not the first seed's."""
+    from tinyclip.studies import common
+
+    sizes = {0: 3_438_000, 1: 3_278_000, 2: 3_319_000}
+    arm = common.Arm("auto_single", "auto one stage", "unused.yaml", "A25", {})
+    monkeypatch.setattr(common, "arm_summary", lambda a, seed: {"params": {"total": sizes[seed]}, "seed": seed,
+                                                                "train_s": 60.0 * (seed + 1)})
+    monkeypatch.setattr(common, "run_items", lambda summary: {"fmnist": {"correct": [1, 0, 1, summary["seed"] % 2]}})
+    [row] = common.score_rows([arm], [0, 1, 2], metrics=("fmnist",))
+    assert row["params_m"] == pytest.approx(sum(sizes.values()) / 3 / 1e6)
+    assert row["seeds"] == 3 and row["train_min"] == pytest.approx(2.0)

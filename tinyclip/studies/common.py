@@ -306,8 +306,9 @@ def training_minutes(rows: Sequence[Mapping[str, Any]]) -> tuple[float, int]:
 
 def score_rows(arms: Sequence[Arm], seeds: Sequence[int], metrics: Sequence[str] = ("fmnist", "retrieval"),
                teacher: Arm | None = None) -> list[dict[str, Any]]:
-    """One row per arm (and its teacher first, when given): size, seeds finished, and each metric's mean over
-    seeds and items (%) with its 95 % bootstrap interval, plus the per-seed values."""
+    """One row per arm (and its teacher first, when given): size (mean over the finished runs: a learned mask
+    lands each seed at its own size), seeds finished, and each metric's mean over seeds and items (%) with its 95 %
+    bootstrap interval, plus the per-seed values."""
     rows = []
     entries: list[tuple[str, str, dict[int, dict]]] = []
     if teacher is not None:
@@ -320,9 +321,8 @@ def score_rows(arms: Sequence[Arm], seeds: Sequence[int], metrics: Sequence[str]
         if not runs:
             rows.append({"arm": key, "label": label, "seeds": 0})
             continue
-        first = next(iter(runs.values()))
         rows.append(items_row(key, label, {s: run_items(r) for s, r in runs.items()}, metrics,
-                              params_m=first["params"]["total"] / 1e6,
+                              params_m=float(np.mean([r["params"]["total"] for r in runs.values()])) / 1e6,
                               train_min=float(np.mean([r.get("train_s", 0.0) for r in runs.values()])) / 60))
     return rows
 
